@@ -1,0 +1,329 @@
+"""Admin API (default 127.0.0.1:9070): deployments (with discovery), services, health, OpenAPI.
+
+Shapes follow Restate's admin API (reference ingress-admin-kafka.md §2). Routes are also served under the ``/v2``,
+``/v3`` and ``/v4`` prefixes. Errors: ``{"message": "..."}`` with 400/404/409/501/502/503.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.errors import DeploymentError, LogError, OverloadedError
+from engine.ids import new_deployment_id
+from engine.invoker.transport import Transport
+from engine.partition.types import PutMetadata
+from engine.schema import HANDLER_TY_NAME, SERVICE_TY_NAME, Deployment, Service, service_row
+
+if TYPE_CHECKING:
+    from engine.server import Engine
+
+logger = logging.getLogger(__name__)
+
+ASGI_SCHEME = "asgi://"
+
+
+class RegisterDeploymentRequest(BaseModel):
+    """``POST /deployments`` body (HTTP deployments; ``asgi://module:app`` for an in-process app)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = Field(min_length=1)
+    additional_headers: dict[str, str] | None = None
+    metadata: dict[str, str] | None = None
+    use_http_11: bool = False
+    breaking: bool = False
+    force: bool | None = None
+    dry_run: bool = False
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"message": message}, status=status)
+
+
+def build_admin_app(engine: Engine) -> web.Application:
+    api = _Admin(engine)
+
+    @web.middleware
+    async def version_prefix(request: web.Request, handler: Any) -> web.StreamResponse:
+        return await handler(request)  # type: ignore[no-any-return]
+
+    app = web.Application(middlewares=[version_prefix], client_max_size=4 * 1024 * 1024)
+    for prefix in ("", "/v2", "/v3", "/v4"):
+        r = app.router
+        r.add_post(f"{prefix}/deployments", api.register_deployment)
+        r.add_get(f"{prefix}/deployments", api.list_deployments)
+        r.add_get(f"{prefix}/deployments/{{id}}", api.get_deployment)
+        r.add_delete(f"{prefix}/deployments/{{id}}", api.delete_deployment)
+        r.add_get(f"{prefix}/services", api.list_services)
+        r.add_get(f"{prefix}/services/{{name}}", api.get_service)
+        r.add_get(f"{prefix}/services/{{name}}/handlers", api.list_handlers)
+        r.add_get(f"{prefix}/health", api.health)
+        r.add_get(f"{prefix}/openapi", api.openapi)
+        r.add_get(f"{prefix}/version", api.version)
+    return app
+
+
+class _Admin:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def version(self, request: web.Request) -> web.Response:
+        from engine import __version__
+
+        return web.json_response(
+            {
+                "version": __version__,
+                "min_admin_api_version": 2,
+                "max_admin_api_version": 4,
+                "ingress_endpoint": f"http://{self.engine.config.ingress_http.address}/",
+            }
+        )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        from engine.admin.openapi import OPENAPI
+
+        return web.json_response(OPENAPI)
+
+    # ---------------------------------------------------------------------------------------- deployments
+
+    async def register_deployment(self, request: web.Request) -> web.Response:
+        try:
+            raw = await request.read()
+            body = RegisterDeploymentRequest.model_validate_json(raw or b"{}")
+        except ValidationError as exc:
+            return _error(400, f"invalid request body: {_describe(exc)}")
+        engine = self.engine
+        uri = body.uri.rstrip("/")
+        if uri.startswith(ASGI_SCHEME):
+            kind = "asgi"
+            if uri[len(ASGI_SCHEME) :] not in engine.asgi_apps:
+                return _error(
+                    400, f"no in-process app {uri[len(ASGI_SCHEME):]!r} is mounted; start with `capstan serve --app`"
+                )
+        elif uri.startswith(("http://", "https://")):
+            kind = "http"
+        else:
+            return _error(400, f"invalid uri {body.uri!r}: expected http://, https:// or asgi://")
+        existing = engine.registry.deployment_by_uri(uri)
+        try:
+            transport = engine.make_transport(kind, uri, body.additional_headers or {}, body.use_http_11)
+            try:
+                discovered = await transport.discover()
+            finally:
+                await _close_transport(transport)
+        except DeploymentError as exc:
+            return _error(exc.status if exc.status >= 400 else 400, str(exc))
+        manifest = discovered.manifest.model_dump(mode="json", by_alias=True, exclude_none=True)
+        services = [s["name"] for s in manifest.get("services", [])]
+        force = bool(body.force)
+        if existing is not None:
+            if existing.manifest == manifest and existing.additional_headers == (body.additional_headers or {}):
+                return web.json_response(_deployment_json(existing, engine), status=200)
+            if not force:
+                return _error(
+                    409,
+                    f"a deployment with uri {uri} already exists ({existing.id}) with a different manifest; "
+                    "use force to overwrite it",
+                )
+        for svc in manifest.get("services", []):
+            current = engine.registry.service(svc["name"])
+            if (
+                current is not None
+                and SERVICE_TY_NAME[current.ty] != _ty_name(svc["ty"])
+                and not (force or body.breaking)
+            ):
+                return _error(
+                    409,
+                    f"service {svc['name']} changes type from {SERVICE_TY_NAME[current.ty]} to "
+                    f"{_ty_name(svc['ty'])}; register with breaking or force to allow it",
+                )
+        dep = Deployment(
+            id=existing.id if existing is not None else new_deployment_id(),
+            uri=uri,
+            kind=kind,
+            protocol_mode=discovered.manifest.protocol_mode.value,
+            min_protocol_version=discovered.manifest.min_protocol_version,
+            max_protocol_version=discovered.manifest.max_protocol_version,
+            sdk_version=discovered.sdk_version,
+            additional_headers=body.additional_headers or {},
+            use_http_11=body.use_http_11,
+            created_at=datetime.datetime.now(datetime.UTC).isoformat(),
+            services=tuple(services),
+            manifest=manifest,
+        )
+        if body.dry_run:
+            return web.json_response(_deployment_json(dep, engine, pending=manifest), status=200)
+        records = [PutMetadata(key=f"deployment/{dep.id}", value=dep.to_json())]
+        for svc in manifest.get("services", []):
+            current = engine.registry.service(svc["name"])
+            revision = 1 if current is None else current.revision + 1
+            records.append(
+                PutMetadata(
+                    key=f"service/{svc['name']}",
+                    value=service_row(svc, deployment_id=dep.id, revision=revision),
+                )
+            )
+        try:
+            await engine.propose_metadata(records)
+        except (OverloadedError, LogError) as exc:
+            return _error(503, f"could not store the deployment: {exc}")
+        stored = engine.registry.deployments[dep.id]
+        status = 200 if existing is not None else 201
+        resp = web.json_response(_deployment_json(stored, engine), status=status)
+        resp.headers["location"] = f"deployments/{dep.id}"
+        logger.info("registered deployment %s at %s with services %s", dep.id, uri, ", ".join(services))
+        return resp
+
+    async def list_deployments(self, request: web.Request) -> web.Response:
+        engine = self.engine
+        return web.json_response(
+            {"deployments": [_deployment_summary(d, engine) for d in engine.registry.deployments.values()]}
+        )
+
+    async def get_deployment(self, request: web.Request) -> web.Response:
+        dep = self.engine.registry.deployments.get(request.match_info["id"])
+        if dep is None:
+            return _error(404, f"deployment {request.match_info['id']} not found")
+        return web.json_response(_deployment_json(dep, self.engine))
+
+    async def delete_deployment(self, request: web.Request) -> web.Response:
+        engine = self.engine
+        dep_id = request.match_info["id"]
+        dep = engine.registry.deployments.get(dep_id)
+        if dep is None:
+            return _error(404, f"deployment {dep_id} not found")
+        if request.query.get("force", "false").lower() != "true":
+            return _error(
+                501,
+                "graceful deployment deletion is not implemented; use force=true (in-flight invocations of its "
+                "services will fail until the services are registered again)",
+            )
+        records = [PutMetadata(key=f"deployment/{dep_id}", value=None)]
+        for name, svc in engine.registry.services.items():
+            if svc.deployment_id == dep_id:
+                records.append(PutMetadata(key=f"service/{name}", value=None))
+        try:
+            await engine.propose_metadata(records)
+        except (OverloadedError, LogError) as exc:
+            return _error(503, f"could not remove the deployment: {exc}")
+        logger.info("removed deployment %s", dep_id)
+        return web.Response(status=202)
+
+    # ---------------------------------------------------------------------------------------- services
+
+    async def list_services(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"services": [_service_json(s) for s in sorted(self.engine.registry.services.values(), key=_name)]}
+        )
+
+    async def get_service(self, request: web.Request) -> web.Response:
+        svc = self.engine.registry.service(request.match_info["name"])
+        if svc is None:
+            return _error(404, f"service {request.match_info['name']} not found")
+        return web.json_response(_service_json(svc))
+
+    async def list_handlers(self, request: web.Request) -> web.Response:
+        svc = self.engine.registry.service(request.match_info["name"])
+        if svc is None:
+            return _error(404, f"service {request.match_info['name']} not found")
+        return web.json_response({"handlers": _service_json(svc)["handlers"]})
+
+
+def _name(s: Service) -> str:
+    return s.name
+
+
+def _ty_name(manifest_ty: str) -> str:
+    return {"SERVICE": "Service", "VIRTUAL_OBJECT": "VirtualObject", "WORKFLOW": "Workflow"}[manifest_ty]
+
+
+async def _close_transport(transport: Transport) -> None:
+    await transport.aclose()
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors(include_url=False)
+    )
+
+
+def _ms(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    seconds = ms / 1000
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"
+
+
+def _service_json(svc: Service) -> dict[str, Any]:
+    return {
+        "name": svc.name,
+        "ty": SERVICE_TY_NAME[svc.ty],
+        "handlers": [
+            {
+                "name": h.name,
+                "ty": HANDLER_TY_NAME[h.ty] if svc.keyed else None,
+                "input_description": json.dumps(h.input) if h.input else "none",
+                "output_description": json.dumps(h.output) if h.output else "none",
+                "input_json_schema": h.input.get("jsonSchema"),
+                "output_json_schema": h.output.get("jsonSchema"),
+                "public": h.public,
+                "documentation": h.documentation,
+            }
+            for h in svc.handlers.values()
+        ],
+        "documentation": svc.documentation,
+        "metadata": svc.metadata,
+        "deployment_id": svc.deployment_id,
+        "revision": svc.revision,
+        "public": svc.public,
+        "idempotency_retention": _ms(svc.idempotency_retention_ms),
+        "workflow_completion_retention": _ms(svc.workflow_completion_retention_ms),
+        "journal_retention": _ms(svc.journal_retention_ms),
+        "inactivity_timeout": _ms(svc.inactivity_timeout_ms),
+        "abort_timeout": _ms(svc.abort_timeout_ms),
+        "enable_lazy_state": svc.enable_lazy_state,
+        "retry_policy": svc.retry_policy or None,
+    }
+
+
+def _deployment_summary(dep: Deployment, engine: Engine) -> dict[str, Any]:
+    return {
+        "id": dep.id,
+        "uri": dep.uri,
+        "protocol_type": "BidiStream" if dep.kind == "asgi" else "RequestResponse",
+        "http_version": "in-process" if dep.kind == "asgi" else "HTTP/1.1",
+        "additional_headers": dep.additional_headers,
+        "created_at": dep.created_at,
+        "min_protocol_version": dep.min_protocol_version,
+        "max_protocol_version": dep.max_protocol_version,
+        "sdk_version": dep.sdk_version,
+        "services": [
+            {"name": name, "revision": engine.registry.services[name].revision}
+            for name in dep.services
+            if name in engine.registry.services
+        ],
+    }
+
+
+def _deployment_json(dep: Deployment, engine: Engine, *, pending: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = _deployment_summary(dep, engine)
+    if pending is not None:
+        out["services"] = pending.get("services", [])
+    else:
+        out["services"] = [
+            _service_json(engine.registry.services[name]) for name in dep.services if name in engine.registry.services
+        ]
+    return out

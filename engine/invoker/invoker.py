@@ -1,0 +1,484 @@
+"""The invoker: runs attempts of invocations against deployments.
+
+Per attempt: read the invocation's status, journal and (keyed targets) eager state from storage; send
+``StartMessage`` + the journal; read the SDK's frames; propose what it sent (commands and run proposals as
+``AppendEntries``, then exactly one outcome: ``End``, ``Suspend`` or ``AttemptFailed``) to the owning partition.
+The partition decides everything else (notifications, retries, resumption) and calls back with effects.
+
+Two transports behind one interface. Over HTTP/1.1 the request body ends after the journal (REQUEST_RESPONSE: the
+SDK suspends at its first unsatisfied await). In-process ASGI keeps the body open and pushes each notification as
+soon as it is durable (full duplex: a multi-step handler finishes in one attempt); after ``inactivity_timeout``
+without a message from the SDK the body is closed, asking the SDK to suspend.
+
+Invariants:
+* Only records of the attempt's ``epoch`` are applied (the processor drops others), so a stale attempt can never
+  change an invocation that moved on.
+* A notification is pushed to the SDK only after the partition applied it (durable before acknowledged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from engine import codec
+from engine.config import EngineConfig
+from engine.errors import DeploymentError, EngineError, LogError, OverloadedError, ProtocolError
+from engine.ids import InvocationId
+from engine.invoker.protocol import messages
+from engine.invoker.protocol.framing import (
+    FrameDecoder,
+    MessageType,
+    choose_protocol_version,
+    content_type,
+    encode_frame,
+    is_command,
+)
+from engine.invoker.transport import AttemptRequest, AttemptStream, Transport
+from engine.partition.effects import Notify, StartAttempt
+from engine.partition.types import (
+    AppendEntries,
+    AttemptFailed,
+    End,
+    InvocationStatus,
+    JournalEntry,
+    Record,
+    Status,
+    Suspend,
+)
+from engine.schema import Deployment, SchemaRegistry
+from engine.storage import keys
+from engine.storage.store import Store
+
+logger = logging.getLogger(__name__)
+
+Propose = Callable[[bytes, Record], "asyncio.Future[int]"]
+TransportFor = Callable[[Deployment], Transport]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InvokerStatistics:
+    running: int
+    waiting: int
+    attempts_started: int
+    attempts_failed: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Loaded:
+    status: InvocationStatus
+    journal: list[JournalEntry]
+    state: list[tuple[bytes, bytes]] | None
+    partial_state: bool
+
+
+class _Attempt:
+    """Bookkeeping of one running attempt: notifications to push, in journal order."""
+
+    __slots__ = ("epoch", "journal_length", "notifications", "ready")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.journal_length = -1  # unknown until the journal was read
+        self.notifications: asyncio.Queue[Notify] = asyncio.Queue()
+        self.ready = False
+
+
+class _AttemptOutcome(Exception):
+    def __init__(self, record: Record) -> None:
+        self.record = record
+
+
+class Invoker:
+    def __init__(
+        self,
+        config: EngineConfig,
+        store: Store,
+        registry: SchemaRegistry,
+        propose: Propose,
+        transport_for: TransportFor,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._registry = registry
+        self._propose = propose
+        self._transport_for = transport_for
+        self._semaphore = asyncio.Semaphore(config.invoker.concurrency_limit)
+        self._tasks: dict[bytes, asyncio.Task[None]] = {}
+        self._attempts: dict[bytes, _Attempt] = {}
+        self._started = 0
+        self._failed = 0
+        self._closing = False
+
+    # ------------------------------------------------------------------------------------------------------
+    # Effects
+    # ------------------------------------------------------------------------------------------------------
+
+    def start_attempt(self, effect: StartAttempt) -> None:
+        if self._closing:
+            return
+        inv = effect.invocation_id
+        previous = self._tasks.get(inv)
+        task = asyncio.create_task(
+            self._run(effect, previous), name=f"attempt-{InvocationId.from_bytes(inv)}-{effect.epoch}"
+        )
+        self._tasks[inv] = task
+        task.add_done_callback(lambda t, inv=inv: self._task_done(inv, t))
+
+    def _task_done(self, inv: bytes, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(inv) is task:
+            del self._tasks[inv]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("attempt task crashed", exc_info=task.exception())
+
+    def notify(self, effect: Notify) -> None:
+        attempt = self._attempts.get(effect.invocation_id)
+        if attempt is not None and attempt.epoch == effect.epoch:
+            attempt.notifications.put_nowait(effect)
+
+    def statistics(self) -> InvokerStatistics:
+        return InvokerStatistics(
+            running=len(self._attempts),
+            waiting=len(self._tasks) - len(self._attempts),
+            attempts_started=self._started,
+            attempts_failed=self._failed,
+        )
+
+    async def aclose(self) -> None:
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------------------------------------------
+    # One attempt
+    # ------------------------------------------------------------------------------------------------------
+
+    async def _run(self, effect: StartAttempt, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None and not previous.done():
+            # The previous attempt is finishing (its outcome record was applied before it returned).
+            await asyncio.wait([previous])
+        if effect.delay_ms > 0:
+            await asyncio.sleep(effect.delay_ms / 1000)
+        inv = effect.invocation_id
+        async with self._semaphore:
+            attempt = _Attempt(effect.epoch)
+            self._attempts[inv] = attempt
+            try:
+                await self._attempt(inv, attempt)
+            finally:
+                if self._attempts.get(inv) is attempt:
+                    del self._attempts[inv]
+
+    async def _attempt(self, inv: bytes, attempt: _Attempt) -> None:
+        loaded = await asyncio.to_thread(self._load, inv)
+        if loaded is None:
+            return
+        st = loaded.status
+        if st.epoch != attempt.epoch or st.status not in (Status.INVOKED, Status.BACKING_OFF):
+            return
+        attempt.journal_length = len(loaded.journal)
+        invocation_id = InvocationId.from_bytes(inv)
+        self._started += 1
+        records: list[Record] = []
+        try:
+            records = await self._drive(invocation_id, attempt, loaded)
+        except _AttemptOutcome as outcome:
+            records = [outcome.record]
+        finally:
+            if records:
+                await self._propose_all(inv, records)
+
+    def _fail(self, inv: bytes, epoch: int, code: int, message: str, **extra: Any) -> _AttemptOutcome:
+        self._failed += 1
+        logger.debug("attempt %s/%d failed: %s %s", InvocationId.from_bytes(inv), epoch, code, message)
+        return _AttemptOutcome(
+            AttemptFailed(
+                invocation_id=inv, epoch=epoch, code=code, message=message, now_ms=_now_ms(), **extra
+            )
+        )
+
+    async def _drive(self, invocation_id: InvocationId, attempt: _Attempt, loaded: _Loaded) -> list[Record]:
+        st = loaded.status
+        inv = st.invocation_id
+        epoch = attempt.epoch
+        deployment = self._deployment_for(st)
+        if deployment is None:
+            raise self._fail(inv, epoch, 503, f"no deployment registered for service {st.target.service}")
+        version = choose_protocol_version(
+            deployment.min_protocol_version,
+            deployment.max_protocol_version,
+            self._config.invoker.max_protocol_version,
+        )
+        if version is None:
+            raise self._fail(inv, epoch, 400, f"deployment {deployment.id} supports no protocol version we speak")
+        ctype = content_type(version)
+        transport = self._transport_for(deployment)
+        duplex = transport.duplex
+        headers: list[tuple[str, str]] = [
+            ("content-type", ctype),
+            ("accept", ctype),
+            ("x-restate-invocation-id", str(invocation_id)),
+        ]
+        if st.target.key is not None:
+            headers.append(("x-restate-service-key", urllib.parse.quote(st.target.key, safe="")))
+        now = _now_ms()
+        body = bytearray(
+            messages.start_message(
+                raw_id=inv,
+                debug_id=str(invocation_id),
+                known_entries=len(loaded.journal),
+                state=loaded.state,
+                partial_state=loaded.partial_state,
+                key=st.target.key or "",
+                retry_count=st.retry_count_since_last_entry,
+                duration_since_last_stored_entry_ms=max(0, now - st.last_entry_at_ms),
+                random_seed=st.random_seed,
+                version=version,
+            )
+        )
+        for entry in loaded.journal:
+            body += encode_frame(entry.ty, entry.body)
+        service = self._registry.service(st.target.service)
+        inactivity = self._config.invoker.inactivity_timeout.total_seconds()
+        abort = self._config.invoker.abort_timeout.total_seconds()
+        if service is not None and service.inactivity_timeout_ms is not None:
+            inactivity = service.inactivity_timeout_ms / 1000
+        if service is not None and service.abort_timeout_ms is not None:
+            abort = service.abort_timeout_ms / 1000
+
+        request = AttemptRequest(service=st.target.service, handler=st.target.handler, headers=tuple(headers))
+        stream: AttemptStream | None = None
+        entries: list[JournalEntry] = []
+        pusher: asyncio.Task[None] | None = None
+        try:
+            try:
+                async with asyncio.timeout(self._config.invoker.connect_timeout.total_seconds() + abort):
+                    stream = await transport.start_attempt(request, bytes(body), keep_open=duplex)
+            except TimeoutError:
+                raise self._fail(inv, epoch, 504, "timed out waiting for the deployment's response headers") from None
+            except (DeploymentError, ProtocolError) as exc:
+                raise self._fail(inv, epoch, 503, str(exc)) from exc
+            if stream.status != 200:
+                raise self._fail(inv, epoch, stream.status, _status_message(stream.status))
+            got = stream.headers.get("content-type", "")
+            if got.split(";")[0].strip() != ctype:
+                raise self._fail(
+                    inv, epoch, 415, f"the deployment answered content-type {got!r}, expected {ctype!r}"
+                )
+            if stream.duplex:
+                attempt.ready = True
+                pusher = asyncio.create_task(self._push_notifications(stream, attempt))
+            decoder = FrameDecoder(self._config.invoker.message_size_limit_bytes)
+            chunks = stream.chunks().__aiter__()
+            request_open = stream.duplex
+            deadline = inactivity if request_open else abort
+            while True:
+                try:
+                    async with asyncio.timeout(deadline):
+                        chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    if entries:
+                        self._flush(inv, epoch, entries)
+                    raise self._fail(
+                        inv, epoch, 500, "the deployment closed the stream without End, Suspension or Error"
+                    ) from None
+                except TimeoutError:
+                    if request_open:
+                        # Ask the SDK to suspend; give it the abort timeout to do so.
+                        request_open = False
+                        deadline = abort
+                        await stream.end_request()
+                        continue
+                    if entries:
+                        self._flush(inv, epoch, entries)
+                    raise self._fail(
+                        inv, epoch, 504, f"the attempt made no progress for {deadline:g}s (abort timeout)"
+                    ) from None
+                except (DeploymentError, ProtocolError, aiohttp.ClientError, OSError) as exc:
+                    if entries:
+                        self._flush(inv, epoch, entries)
+                    raise self._fail(inv, epoch, 503, f"the deployment connection failed: {exc}") from exc
+                try:
+                    frames = decoder.feed(chunk)
+                except ProtocolError as exc:
+                    if entries:
+                        self._flush(inv, epoch, entries)
+                    raise self._fail(inv, epoch, 571, f"bad frame from the deployment: {exc}") from exc
+                for frame in frames:
+                    outcome = self._on_frame(inv, epoch, frame.type, frame.body, entries)
+                    if outcome is not None:
+                        if entries:
+                            self._flush(inv, epoch, entries)
+                        raise _AttemptOutcome(outcome)
+                if entries and stream.duplex:
+                    self._flush(inv, epoch, entries)
+        finally:
+            if pusher is not None:
+                pusher.cancel()
+            if stream is not None:
+                try:
+                    await stream.end_request()
+                except EngineError:
+                    pass
+                await stream.aclose()
+
+    def _on_frame(
+        self, inv: bytes, epoch: int, ty: int, body: bytes, entries: list[JournalEntry]
+    ) -> Record | None:
+        now = _now_ms()
+        if is_command(ty) or ty == MessageType.PROPOSE_RUN_COMPLETION:
+            entries.append(JournalEntry(ty=ty, body=body))
+            return None
+        if ty == MessageType.END:
+            return End(invocation_id=inv, epoch=epoch, now_ms=now)
+        if ty == MessageType.SUSPENSION:
+            try:
+                msg: Any = messages.decode(ty, body)
+            except ProtocolError as exc:
+                raise self._fail(inv, epoch, 571, f"bad SuspensionMessage: {exc}") from exc
+            return Suspend(
+                invocation_id=inv,
+                epoch=epoch,
+                waiting_completions=tuple(int(x) for x in msg.waiting_completions),
+                waiting_signals=tuple(int(x) for x in msg.waiting_signals),
+                waiting_named_signals=tuple(str(x) for x in msg.waiting_named_signals),
+                now_ms=now,
+            )
+        if ty == MessageType.ERROR:
+            try:
+                err: Any = messages.decode(ty, body)
+            except ProtocolError as exc:
+                raise self._fail(inv, epoch, 571, f"bad ErrorMessage: {exc}") from exc
+            self._failed += 1
+            logger.debug("attempt %s/%d: ErrorMessage %d %s", InvocationId.from_bytes(inv), epoch, err.code, err.message)
+            return AttemptFailed(
+                invocation_id=inv,
+                epoch=epoch,
+                code=int(err.code),
+                message=str(err.message),
+                stacktrace=str(err.stacktrace),
+                next_retry_delay_ms=int(err.next_retry_delay) if err.HasField("next_retry_delay") else None,
+                related_command_index=(
+                    int(err.related_command_index) if err.HasField("related_command_index") else None
+                ),
+                related_command_name=(
+                    str(err.related_command_name) if err.HasField("related_command_name") else None
+                ),
+                now_ms=now,
+            )
+        if ty == MessageType.AWAITING_ON:
+            return None
+        raise self._fail(inv, epoch, 571, f"unexpected message type 0x{ty:04x} from the deployment")
+
+    def _flush(self, inv: bytes, epoch: int, entries: list[JournalEntry]) -> None:
+        record = AppendEntries(invocation_id=inv, epoch=epoch, entries=tuple(entries), now_ms=_now_ms())
+        entries.clear()
+        self._propose_retrying(inv, record)
+
+    def _propose_retrying(self, inv: bytes, record: Record) -> asyncio.Future[int]:
+        try:
+            return self._propose(inv, record)
+        except OverloadedError:
+            # The attempt's records must keep their order: wait for room rather than drop.
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+            async def later() -> None:
+                while True:
+                    await asyncio.sleep(0.005)
+                    try:
+                        inner = self._propose(inv, record)
+                    except OverloadedError:
+                        continue
+                    try:
+                        fut.set_result(await inner)
+                    except Exception as exc:
+                        fut.set_exception(exc)
+                    return
+
+            asyncio.get_running_loop().create_task(later())
+            return fut
+
+    async def _propose_all(self, inv: bytes, records: Iterable[Record]) -> None:
+        futures = [self._propose_retrying(inv, r) for r in records]
+        try:
+            await asyncio.gather(*futures)
+        except LogError as exc:
+            # Not durable: the invocation stays as it was; recovery (or the next effect) retries it.
+            logger.error("could not persist the outcome of an attempt of %s: %s", InvocationId.from_bytes(inv), exc)
+
+    async def _push_notifications(self, stream: AttemptStream, attempt: _Attempt) -> None:
+        while True:
+            note = await attempt.notifications.get()
+            if note.index < attempt.journal_length:
+                continue  # already part of the journal this attempt started with
+            try:
+                await stream.write(encode_frame(note.entry.ty, note.entry.body))
+            except EngineError:
+                return
+
+    # ------------------------------------------------------------------------------------------------------
+    # Helpers
+    # ------------------------------------------------------------------------------------------------------
+
+    def _deployment_for(self, st: InvocationStatus) -> Deployment | None:
+        if st.deployment_id:
+            dep = self._registry.deployments.get(st.deployment_id)
+            if dep is not None:
+                return dep
+        service = self._registry.service(st.target.service)
+        if service is None:
+            return None
+        return self._registry.deployments.get(service.deployment_id)
+
+    def _load(self, inv: bytes) -> _Loaded | None:
+        raw = self._store.get(keys.status(inv))
+        if raw is None:
+            return None
+        st: InvocationStatus = codec.decode(raw)
+        journal = [codec.decode(v) for _, v in self._store.scan(keys.journal_prefix(inv))]
+        state: list[tuple[bytes, bytes]] | None = None
+        partial = True
+        target = st.target
+        if target.keyed and target.key is not None:
+            service = self._registry.service(target.service)
+            lazy = service is not None and service.enable_lazy_state
+            limit = self._config.invoker.eager_state_size_limit_bytes
+            if not lazy and limit > 0:
+                prefix = keys.object_prefix(keys.STATE, target.service, target.key)
+                state = []
+                size = 0
+                partial = False
+                for k, v in self._store.scan(prefix):
+                    size += len(k) + len(v)
+                    if size > limit:
+                        partial = True
+                        break
+                    state.append((k[len(prefix) :], v))
+        return _Loaded(status=st, journal=journal, state=state, partial_state=partial)
+
+
+def _status_message(status: int) -> str:
+    if status in (502, 504):
+        return f"the deployment is unavailable (HTTP {status})"
+    if status in (429, 503):
+        return f"the deployment is overloaded (HTTP {status})"
+    if status == 404:
+        return "the deployment does not know this service or handler (HTTP 404)"
+    if status == 415:
+        return "the deployment rejected the negotiated protocol version (HTTP 415)"
+    if status == 413:
+        return "the deployment rejected the request as too large (HTTP 413)"
+    return f"the deployment answered HTTP {status}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,49 @@
+"""What applying a record asks the rest of the engine to do. Effects are never the source of truth: after a
+crash the processor recomputes the ones that matter (attempts to start) from its tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.partition.types import JournalEntry, Result
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartAttempt:
+    invocation_id: bytes
+    epoch: int
+    delay_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notify:
+    """A notification became durable in ``invocation_id``'s journal; push it to an open attempt of ``epoch``."""
+
+    invocation_id: bytes
+    epoch: int
+    index: int
+    entry: JournalEntry
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendAccepted:
+    invocation_id: bytes
+    previously: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    """Answer an in-memory waiter (an HTTP caller) of this process."""
+
+    token: str
+    invocation_id: bytes
+    result: Result | SendAccepted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetadataChanged:
+    key: str
+    value: bytes | None
+
+
+Effect = StartAttempt | Notify | Reply | MetadataChanged

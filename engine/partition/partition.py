@@ -1,0 +1,184 @@
+"""One partition: its log, its processor thread, and the loop that applies durable records in LSN order.
+
+``propose_nowait`` encodes a record and hands it to the log writer (group commit). Records are applied strictly in
+enqueue order == LSN order: the apply loop awaits each record's durability future in FIFO order, then applies every
+record that is already durable in one batch on the partition's thread, then dispatches the effects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import codec
+from engine.config import EngineConfig
+from engine.errors import EngineInternalError, LogError, OverloadedError
+from engine.log import SegmentedLog
+from engine.partition.effects import Effect
+from engine.partition.processor import PartitionProcessor
+from engine.partition.types import Record
+from engine.storage.store import Store
+
+logger = logging.getLogger(__name__)
+
+EffectSink = Callable[[int, list[Effect]], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartitionStatistics:
+    partition_id: int
+    applied_lsn: int
+    pending: int
+    batches: int
+    records: int
+
+
+class Partition:
+    def __init__(
+        self,
+        partition_id: int,
+        log: SegmentedLog,
+        store: Store,
+        config: EngineConfig,
+        on_effects: EffectSink,
+    ) -> None:
+        self.id = partition_id
+        self._log = log
+        self._store = store
+        self._config = config
+        self._on_effects = on_effects
+        self.processor = PartitionProcessor(partition_id, store, config)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"partition-{partition_id}")
+        self._pending: collections.deque[tuple[asyncio.Future[int], Record, asyncio.Future[int]]] = (
+            collections.deque()
+        )
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._batches = 0
+        self._records = 0
+        self._since_truncate = 0
+
+    @classmethod
+    async def open(
+        cls, partition_id: int, data_dir: Path, store: Store, config: EngineConfig, on_effects: EffectSink
+    ) -> Partition:
+        log = await SegmentedLog.open(data_dir / "log" / f"p{partition_id}", config.log)
+        return cls(partition_id, log, store, config, on_effects)
+
+    async def recover(self) -> list[Effect]:
+        """Replay the log tail past ``applied_lsn`` (effects of replayed records are dropped: callers of the
+        previous process are gone) and return the effects recomputed from the tables."""
+        loop = asyncio.get_running_loop()
+        start = self.processor.applied_lsn + 1
+
+        def replay() -> int:
+            batch: list[tuple[int, Record]] = []
+            count = 0
+            for lsn, payload in self._log.read(start):
+                batch.append((lsn, codec.decode(payload)))
+                if len(batch) >= 512:
+                    self.processor.apply_batch(batch)
+                    count += len(batch)
+                    batch = []
+            if batch:
+                self.processor.apply_batch(batch)
+                count += len(batch)
+            return count
+
+        replayed = await loop.run_in_executor(self._executor, replay)
+        if replayed:
+            logger.info("partition %d: replayed %d log records up to lsn %d", self.id, replayed, self._log.last_lsn)
+        return await loop.run_in_executor(self._executor, self.processor.recovery_effects)
+
+    def propose_nowait(self, record: Record) -> asyncio.Future[int]:
+        """Append ``record``; the returned future resolves with its LSN once it is durable AND applied.
+
+        Raises OverloadedError when the log's queue is full.
+        """
+        if self._closed:
+            raise LogError("partition is shutting down")
+        durable = self._log.append_nowait(codec.encode(record))
+        applied: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((durable, record, applied))
+        self._wakeup.set()
+        return applied
+
+    async def propose(self, record: Record) -> int:
+        return await self.propose_nowait(record)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            durable, _, _ = self._pending[0]
+            try:
+                await asyncio.shield(durable)
+            except LogError:
+                pass
+            batch: list[tuple[int, Record]] = []
+            waiters: list[tuple[asyncio.Future[int], int]] = []
+            while self._pending and self._pending[0][0].done():
+                fut, record, applied = self._pending.popleft()
+                exc = fut.exception()
+                if exc is not None:
+                    if not applied.done():
+                        applied.set_exception(exc)
+                    continue
+                lsn = fut.result()
+                batch.append((lsn, record))
+                waiters.append((applied, lsn))
+            if not batch:
+                continue
+            try:
+                effects = await loop.run_in_executor(self._executor, self.processor.apply_batch, batch)
+            except Exception as exc:
+                # The log holds these records; the tables do not. Continuing would apply later records on top
+                # of a state that misses these, so stop the engine (restart replays them).
+                raise EngineInternalError(f"partition {self.id}: apply failed at lsn {batch[0][0]}") from exc
+            self._batches += 1
+            self._records += len(batch)
+            for applied, lsn in waiters:
+                if not applied.done():
+                    applied.set_result(lsn)
+            if effects:
+                self._on_effects(self.id, effects)
+            self._since_truncate += len(batch)
+            if self._since_truncate >= self._config.storage.truncate_every_records:
+                self._since_truncate = 0
+                await self._truncate()
+
+    async def _truncate(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._store.flush)
+        await self._log.truncate_prefix(self.processor.applied_lsn)
+
+    async def aclose(self) -> None:
+        """Stop taking records; callers wait for the run loop to drain before closing storage."""
+        self._closed = True
+        self._wakeup.set()
+
+    async def close_log(self) -> None:
+        await self._log.aclose()
+        self._executor.shutdown(wait=True)
+
+    def statistics(self) -> PartitionStatistics:
+        return PartitionStatistics(
+            partition_id=self.id,
+            applied_lsn=self.processor.applied_lsn,
+            pending=len(self._pending),
+            batches=self._batches,
+            records=self._records,
+        )
+
+
+__all__ = ["OverloadedError", "Partition", "PartitionStatistics"]

@@ -1,0 +1,327 @@
+"""The server: wires storage, partitions, invoker, ingress and admin together, and owns their lifecycle.
+
+Start-up order: open RocksDB → open each partition's log and replay its tail → load the schema registry →
+dispatch the recovered effects (resume running invocations) → mount in-process apps → start HTTP listeners.
+
+Shutdown order (an ordered method, not a cancel): stop HTTP intake → stop the invoker (attempts are abandoned;
+their invocations resume after restart) → let partitions drain what is already proposed → close logs (fsync) →
+close RocksDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from engine.config import EngineConfig, split_address
+from engine.errors import ConfigError, DeploymentError
+from engine.ids import InvocationId, partition_for
+from engine.invoker.invoker import Invoker
+from engine.invoker.transport import Transport
+from engine.invoker.transport_asgi import AsgiApp, AsgiTransport, load_asgi_app
+from engine.invoker.transport_http import HttpTransport, open_http_session
+from engine.partition.effects import Effect, MetadataChanged, Notify, Reply, SendAccepted, StartAttempt
+from engine.partition.partition import Partition
+from engine.partition.types import Cleanup, Invoke, PutMetadata, Record, Result
+from engine.schema import Deployment, SchemaRegistry
+from engine.storage import keys
+from engine.storage.store import Store
+
+logger = logging.getLogger(__name__)
+
+ASGI_SCHEME = "asgi://"
+
+
+class Engine:
+    """A running Capstan node. Build with :meth:`open`, stop with :meth:`aclose`."""
+
+    def __init__(self, config: EngineConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.registry = SchemaRegistry()
+        self.partitions: list[Partition] = []
+        self.asgi_apps: dict[str, AsgiApp] = {}
+        self._waiters: dict[str, asyncio.Future[Result | SendAccepted]] = {}
+        self._transports: dict[str, Transport] = {}
+        self._http_session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runners: list[web.AppRunner] = []
+        self.invoker = Invoker(config, store, self.registry, self.propose_to, self.transport_for)
+        self.ingress_url = ""
+        self.admin_url = ""
+
+    # ------------------------------------------------------------------------------------------------------
+    # Lifecycle
+    # ------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, config: EngineConfig) -> Engine:
+        data_dir = config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = await asyncio.to_thread(Store, data_dir / "rocksdb")
+        engine = cls(config, store)
+        await engine._start()
+        return engine
+
+    async def _start(self) -> None:
+        config = self.config
+        self._http_session = open_http_session(config.invoker)
+        for spec in [config.app] if config.app else []:
+            self.asgi_apps[spec] = load_asgi_app(spec, app_dir=".")
+        for pid in range(config.num_partitions):
+            self.partitions.append(
+                await Partition.open(pid, config.data_dir, self.store, config, self._on_effects)
+            )
+        recovered: list[tuple[int, list[Effect]]] = []
+        for p in self.partitions:
+            recovered.append((p.id, await p.recover()))
+        for key, value in await asyncio.to_thread(lambda: list(self.store.scan(keys.METADATA))):
+            self.registry.apply(key[len(keys.METADATA) :].decode(), value)
+        for p in self.partitions:
+            self._tasks.append(asyncio.create_task(self._run_partition(p), name=f"partition-{p.id}"))
+        self._tasks.append(asyncio.create_task(self._cleanup_loop(), name="retention-cleanup"))
+        for pid, effects in recovered:
+            if effects:
+                logger.info("partition %d: resuming %d invocations", pid, len(effects))
+                self._on_effects(pid, effects)
+        for spec in self.asgi_apps:
+            await self._register_asgi_app(spec)
+        from engine.admin.app import build_admin_app
+        from engine.ingress_http.app import build_ingress_app
+
+        self.ingress_url = await self._listen(build_ingress_app(self), config.ingress_http.address)
+        self.admin_url = await self._listen(build_admin_app(self), config.admin.address)
+        logger.info("capstan ready: ingress %s, admin %s, data %s", self.ingress_url, self.admin_url, config.data_dir)
+
+    async def _run_partition(self, p: Partition) -> None:
+        try:
+            await p.run()
+        except Exception:
+            logger.critical("partition %d stopped on an internal error; stopping the engine", p.id, exc_info=True)
+            self.fatal.set()
+            raise
+
+    async def _listen(self, app: web.Application, address: str) -> str:
+        host, port = split_address(address)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+        self._runners.append(runner)
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        bound_port = sockets[0].getsockname()[1] if sockets else port
+        return f"http://{host}:{bound_port}"
+
+    async def _register_asgi_app(self, spec: str) -> None:
+        """Mount an in-process app: discover it and register it as deployment ``asgi://spec`` (idempotent)."""
+        from engine.admin.app import RegisterDeploymentRequest  # noqa: F401 - same rules as the admin route
+
+        uri = ASGI_SCHEME + spec
+        transport = self.make_transport("asgi", uri, {}, False)
+        try:
+            discovered = await transport.discover()
+        except DeploymentError as exc:
+            raise ConfigError(f"in-process app {spec}: discovery failed: {exc}") from exc
+        manifest = discovered.manifest.model_dump(mode="json", by_alias=True, exclude_none=True)
+        existing = self.registry.deployment_by_uri(uri)
+        if existing is not None and existing.manifest == manifest:
+            return
+        import datetime
+
+        from engine.ids import new_deployment_id
+        from engine.schema import service_row
+
+        dep = Deployment(
+            id=existing.id if existing is not None else new_deployment_id(),
+            uri=uri,
+            kind="asgi",
+            protocol_mode=discovered.manifest.protocol_mode.value,
+            min_protocol_version=discovered.manifest.min_protocol_version,
+            max_protocol_version=discovered.manifest.max_protocol_version,
+            sdk_version=discovered.sdk_version,
+            additional_headers={},
+            use_http_11=False,
+            created_at=datetime.datetime.now(datetime.UTC).isoformat(),
+            services=tuple(s["name"] for s in manifest.get("services", [])),
+            manifest=manifest,
+        )
+        records: list[PutMetadata] = [PutMetadata(key=f"deployment/{dep.id}", value=dep.to_json())]
+        for svc in manifest.get("services", []):
+            current = self.registry.service(svc["name"])
+            revision = 1 if current is None else current.revision + 1
+            records.append(
+                PutMetadata(key=f"service/{svc['name']}", value=service_row(svc, deployment_id=dep.id, revision=revision))
+            )
+        await self.propose_metadata(records)
+        logger.info("mounted in-process app %s as deployment %s", spec, dep.id)
+
+    async def _cleanup_loop(self) -> None:
+        interval = self.config.invocation.cleanup_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            for p in self.partitions:
+                try:
+                    await p.propose(Cleanup(now_ms=self.now_ms()))
+                except Exception as exc:
+                    logger.warning("retention cleanup of partition %d failed: %s", p.id, exc)
+
+    @property
+    def fatal(self) -> asyncio.Event:
+        ev = getattr(self, "_fatal", None)
+        if ev is None:
+            ev = self._fatal = asyncio.Event()
+        return ev
+
+    async def aclose(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        await self.invoker.aclose()
+        for p in self.partitions:
+            await p.aclose()
+        grace = self.config.graceful_shutdown_timeout.total_seconds()
+        partition_tasks = [t for t in self._tasks if t.get_name().startswith("partition-")]
+        other = [t for t in self._tasks if t not in partition_tasks]
+        for t in other:
+            t.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await asyncio.gather(*partition_tasks, return_exceptions=True)
+        for t in partition_tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for p in self.partitions:
+            await p.close_log()
+        for transport in self._transports.values():
+            await transport.aclose()
+        if self._http_session is not None:
+            await self._http_session.close()
+        await asyncio.to_thread(self.store.close)
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.cancel()
+
+    # ------------------------------------------------------------------------------------------------------
+    # Used by ingress / admin / invoker
+    # ------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def now_ms() -> int:
+        return int(time.time() * 1000)
+
+    def partition_of(self, invocation_id: bytes) -> Partition:
+        pk = InvocationId.from_bytes(invocation_id).partition_key
+        return self.partitions[partition_for(pk, len(self.partitions))]
+
+    def propose(self, record: Invoke) -> asyncio.Future[int]:
+        return self.partition_of(record.invocation_id).propose_nowait(record)
+
+    def propose_to(self, invocation_id: bytes, record: Record) -> asyncio.Future[int]:
+        return self.partition_of(invocation_id).propose_nowait(record)
+
+    async def propose_metadata(self, records: Sequence[PutMetadata]) -> None:
+        p0 = self.partitions[0]
+        futures = [p0.propose_nowait(r) for r in records]
+        await asyncio.gather(*futures)
+
+    def register_waiter(self, token: str) -> asyncio.Future[Result | SendAccepted]:
+        fut: asyncio.Future[Result | SendAccepted] = asyncio.get_running_loop().create_future()
+        self._waiters[token] = fut
+        return fut
+
+    def drop_waiter(self, token: str) -> None:
+        self._waiters.pop(token, None)
+
+    def make_transport(
+        self, kind: str, uri: str, additional_headers: dict[str, str], use_http_11: bool
+    ) -> Transport:
+        if kind == "asgi":
+            spec = uri[len(ASGI_SCHEME) :]
+            app = self.asgi_apps.get(spec)
+            if app is None:
+                raise DeploymentError(f"in-process app {spec!r} is not mounted in this process", status=400)
+            return AsgiTransport(app, label=f"in-process app {spec}")
+        assert self._http_session is not None
+        return HttpTransport(
+            uri,
+            session=self._http_session,
+            additional_headers=additional_headers,
+            connect_timeout=self.config.invoker.connect_timeout.total_seconds(),
+            use_http_11=use_http_11,
+        )
+
+    def transport_for(self, deployment: Deployment) -> Transport:
+        transport = self._transports.get(deployment.id)
+        if transport is None:
+            transport = self.make_transport(
+                deployment.kind, deployment.uri, deployment.additional_headers, deployment.use_http_11
+            )
+            self._transports[deployment.id] = transport
+        return transport
+
+    def _on_effects(self, partition_id: int, effects: list[Effect]) -> None:
+        for effect in effects:
+            match effect:
+                case StartAttempt():
+                    self.invoker.start_attempt(effect)
+                case Notify():
+                    self.invoker.notify(effect)
+                case Reply():
+                    fut = self._waiters.get(effect.token)
+                    if fut is not None and not fut.done():
+                        fut.set_result(effect.result)
+                case MetadataChanged():
+                    self.registry.apply(effect.key, effect.value)
+                    kind, _, name = effect.key.partition("/")
+                    if kind == "deployment":
+                        stale = self._transports.pop(name, None)
+                        if stale is not None:
+                            asyncio.get_running_loop().create_task(stale.aclose())
+
+
+async def serve(config: EngineConfig, *, ready: Any = None) -> int:
+    """Run until SIGTERM/SIGINT (or a fatal partition error); return the exit code."""
+    engine = await Engine.open(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready(engine)
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(engine.fatal.wait())]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    code = 1 if engine.fatal.is_set() else 0
+    logger.info("shutting down")
+    await engine.aclose()
+    return code
+
+
+def run(config: EngineConfig) -> int:
+    """Entry point of ``capstan serve``."""
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    try:
+        return int(runner(serve(config)))
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2

@@ -1,0 +1,94 @@
+"""Key encodings of the RocksDB tables. One keyspace, one leading byte per table.
+
+Variable-length parts are length-prefixed so that no key is a prefix of another table row by accident, and so that
+all rows of one object key (state, inbox) are contiguous and can be range-scanned.
+"""
+
+from __future__ import annotations
+
+import struct
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+APPLIED_LSN = b"\x00L"
+METADATA = b"\x00M"
+STATUS = b"\x01"
+JOURNAL = b"\x02"
+STATE = b"\x03"
+LOCK = b"\x04"
+INBOX = b"\x05"
+DEDUP = b"\x06"
+RETENTION = b"\x07"
+ACTIVE = b"\x08"
+INBOX_SEQ = b"\x09"
+
+
+def _lp(s: str) -> bytes:
+    raw = s.encode()
+    return _U32.pack(len(raw)) + raw
+
+
+def applied_lsn(partition: int) -> bytes:
+    return APPLIED_LSN + _U16.pack(partition)
+
+
+def metadata(name: str) -> bytes:
+    return METADATA + name.encode()
+
+
+def status(invocation_id: bytes) -> bytes:
+    return STATUS + invocation_id
+
+
+def journal_prefix(invocation_id: bytes) -> bytes:
+    return JOURNAL + invocation_id
+
+
+def journal(invocation_id: bytes, index: int) -> bytes:
+    return JOURNAL + invocation_id + _U32.pack(index)
+
+
+def object_prefix(table: bytes, service: str, key: str) -> bytes:
+    return table + _lp(service) + _lp(key)
+
+
+def state(service: str, key: str, name: bytes) -> bytes:
+    return object_prefix(STATE, service, key) + name
+
+
+def lock(service: str, key: str) -> bytes:
+    return object_prefix(LOCK, service, key)
+
+
+def inbox(service: str, key: str, seq: int) -> bytes:
+    return object_prefix(INBOX, service, key) + _U64.pack(seq)
+
+
+def inbox_seq(service: str, key: str) -> bytes:
+    return object_prefix(INBOX_SEQ, service, key)
+
+
+def dedup(producer: str) -> bytes:
+    return DEDUP + producer.encode()
+
+
+def retention(expires_at_ms: int, invocation_id: bytes) -> bytes:
+    return RETENTION + _U64.pack(max(0, expires_at_ms)) + invocation_id
+
+
+def retention_upto(now_ms: int) -> bytes:
+    return RETENTION + _U64.pack(max(0, now_ms) + 1)
+
+
+def active(invocation_id: bytes) -> bytes:
+    return ACTIVE + invocation_id
+
+
+def u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def parse_u64(raw: bytes) -> int:
+    return int(_U64.unpack(raw)[0])

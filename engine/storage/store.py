@@ -1,0 +1,152 @@
+"""RocksDB through rocksdict: the engine's tables, and the one place where rocksdb errors are translated.
+
+All writes of one apply step go through a :class:`Txn`: reads see the transaction's own writes, and
+:meth:`Store.commit` writes everything, together with the partition's ``applied_lsn``, in ONE ``WriteBatch``.
+Calls here block; the partition processor runs them on its own thread (never on the event loop).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+
+from engine.errors import StorageError
+from engine.storage import keys
+
+logger = logging.getLogger(__name__)
+
+_DELETED = object()
+
+
+class Store:
+    """The engine's RocksDB database (one per data dir, shared by all partitions)."""
+
+    def __init__(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.increase_parallelism(2)
+        try:
+            self._db = Rdict(str(path), options=opts)
+        except Exception as exc:  # rocksdict raises plain Exception subclasses
+            raise StorageError(f"cannot open RocksDB at {path}: {exc}") from exc
+        self._write_opts = WriteOptions()
+        self._sync_opts = WriteOptions()
+        self._sync_opts.sync = True
+
+    def get(self, key: bytes) -> bytes | None:
+        try:
+            value = self._db.get(key)
+        except Exception as exc:
+            raise StorageError(f"rocksdb get failed: {exc}") from exc
+        return value if value is None else bytes(value)
+
+    def scan(self, prefix: bytes, *, upper: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Rows whose key starts with ``prefix`` (or, with ``upper``, lies in ``[prefix, upper)``), in key order."""
+        ropts = ReadOptions()
+        end = upper if upper is not None else _prefix_end(prefix)
+        if end is not None:
+            ropts.set_iterate_upper_bound(end)
+        it = self._db.iter(ropts)
+        it.seek(prefix)
+        while it.valid():
+            key = bytes(it.key())
+            if upper is None and not key.startswith(prefix):
+                break
+            yield key, bytes(it.value())
+            it.next()
+
+    def txn(self) -> Txn:
+        return Txn(self)
+
+    def commit(self, txn: Txn, *, partition: int | None = None, lsn: int | None = None, sync: bool = False) -> None:
+        wb = WriteBatch(raw_mode=True)
+        for key, value in txn.writes.items():
+            if value is _DELETED:
+                wb.delete(key)
+            else:
+                wb.put(key, value)
+        if partition is not None and lsn is not None:
+            wb.put(keys.applied_lsn(partition), keys.u64(lsn))
+        try:
+            self._db.write(wb, self._sync_opts if sync else self._write_opts)
+        except Exception as exc:
+            raise StorageError(f"rocksdb write failed: {exc}") from exc
+        txn.writes.clear()
+
+    def applied_lsn(self, partition: int) -> int:
+        raw = self.get(keys.applied_lsn(partition))
+        return 0 if raw is None else keys.parse_u64(raw)
+
+    def flush(self) -> None:
+        """Make everything written so far durable in SST files (before truncating the log below it)."""
+        try:
+            self._db.flush(True)
+        except Exception as exc:
+            raise StorageError(f"rocksdb flush failed: {exc}") from exc
+
+    def close(self) -> None:
+        try:
+            self._db.flush(True)
+            self._db.close()
+        except Exception as exc:
+            raise StorageError(f"rocksdb close failed: {exc}") from exc
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    b = bytearray(prefix)
+    while b:
+        if b[-1] < 0xFF:
+            b[-1] += 1
+            return bytes(b)
+        b.pop()
+    return None
+
+
+class Txn:
+    """Buffered writes over a :class:`Store` with read-your-writes."""
+
+    __slots__ = ("store", "writes")
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.writes: dict[bytes, Any] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self.writes.get(key)
+        if value is _DELETED:
+            return None
+        if value is not None:
+            return value  # type: ignore[no-any-return]
+        return self.store.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.writes[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.writes[key] = _DELETED
+
+    def scan(self, prefix: bytes, *, upper: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Merged view of the store and this transaction's writes, in key order."""
+        end = upper if upper is not None else _prefix_end(prefix)
+
+        def in_range(k: bytes) -> bool:
+            if upper is None:
+                return k.startswith(prefix)
+            return prefix <= k < upper
+
+        pending = sorted((k, v) for k, v in self.writes.items() if in_range(k))
+        base = {k: v for k, v in self.store.scan(prefix, upper=upper)}
+        for k, v in pending:
+            base[k] = v
+        for k in sorted(base):
+            v = base[k]
+            if v is _DELETED:
+                continue
+            if end is not None and k >= end:
+                break
+            yield k, v

@@ -1,0 +1,201 @@
+"""SDK deployments used by the test suite, written with the official Restate Python SDK (restate-sdk 1.3).
+
+Serve it with ``python -m hypercorn tests.services.app:app`` (see :mod:`tests.services.fixtures`) and register
+the URL with Capstan. Each service pins one engine behaviour:
+
+- ``Greeter``: a plain request/response call (``greet``).
+- ``Counter``: virtual-object state and the exclusive/shared split; ``add_logged`` keeps the order in which
+  exclusive calls ran in the ``log`` state list.
+- ``Steps``: 1, 3 or 9 sequential ``ctx.run`` steps (journal length and replay).
+- ``Boom``: a ``TerminalError`` with a custom status code (final, never retried).
+- ``Flaky``: plain exceptions (retried); ``fail_twice`` succeeds on the third attempt.
+- ``StateOps``: set / clear / clear_all / state_keys.
+- ``Slow``: a ``ctx.run`` that never finishes (attempt timeouts, cancellation, kill).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+import restate
+from restate import Context, ObjectContext, ObjectSharedContext, TerminalError
+
+# --------------------------------------------------------------------------------------------------------------
+# Greeter
+# --------------------------------------------------------------------------------------------------------------
+
+greeter = restate.Service("Greeter")
+
+
+@greeter.handler()
+async def greet(ctx: Context, name: str) -> str:
+    return f"Hello {name}!"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Counter
+# --------------------------------------------------------------------------------------------------------------
+
+counter = restate.VirtualObject("Counter")
+
+
+@counter.handler()
+async def add(ctx: ObjectContext, n: int) -> int:
+    count = (await ctx.get("count", type_hint=int)) or 0
+    count += n
+    ctx.set("count", count)
+    return count
+
+
+@counter.handler()
+async def add_logged(ctx: ObjectContext, n: int) -> int:
+    count = (await ctx.get("count", type_hint=int)) or 0
+    count += n
+    ctx.set("count", count)
+    log: list[int] = (await ctx.get("log", type_hint=list[int])) or []
+    log.append(n)
+    ctx.set("log", log)
+    return count
+
+
+@counter.handler()
+async def reset(ctx: ObjectContext) -> None:
+    ctx.clear("count")
+
+
+@counter.handler(kind="shared")
+async def get(ctx: ObjectSharedContext) -> int:
+    return (await ctx.get("count", type_hint=int)) or 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Steps
+# --------------------------------------------------------------------------------------------------------------
+
+steps = restate.Service("Steps")
+
+
+def _next_step(previous: str, index: int) -> str:
+    return f"{previous}-{index}"
+
+
+async def _run_steps(ctx: Context, x: str, count: int) -> str:
+    value = x
+    for index in range(1, count + 1):
+        value = await ctx.run_typed(f"step-{index}", _next_step, restate.RunOptions(), value, index)
+    return value
+
+
+@steps.handler()
+async def one(ctx: Context, x: str) -> str:
+    """``x`` -> ``x-1``."""
+    return await _run_steps(ctx, x, 1)
+
+
+@steps.handler()
+async def three(ctx: Context, x: str) -> str:
+    """``x`` -> ``x-1-2-3``."""
+    return await _run_steps(ctx, x, 3)
+
+
+@steps.handler()
+async def nine(ctx: Context, x: str) -> str:
+    """``x`` -> ``x-1-2-...-9``."""
+    return await _run_steps(ctx, x, 9)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Boom
+# --------------------------------------------------------------------------------------------------------------
+
+boom = restate.Service("Boom")
+
+
+@boom.handler()
+async def teapot(ctx: Context) -> None:
+    raise TerminalError("I'm a teapot", status_code=418)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Flaky
+# --------------------------------------------------------------------------------------------------------------
+
+flaky = restate.Service("Flaky")
+
+# Attempts per ``key``, local to this deployment process (which lives as long as the test using it).
+ATTEMPTS: defaultdict[str, int] = defaultdict(int)
+
+
+class FlakyError(Exception):
+    """A plain (retriable) failure."""
+
+
+@flaky.handler()
+async def fail_twice(ctx: Context, key: str) -> str:
+    """Fails on the first two attempts for ``key``; answers ``"ok after 3 attempts"`` on the third."""
+    ATTEMPTS[key] += 1
+    attempt = ATTEMPTS[key]
+    if attempt <= 2:
+        raise FlakyError(f"attempt {attempt} for {key} fails on purpose")
+    return f"ok after {attempt} attempts"
+
+
+@flaky.handler()
+async def always_fails(ctx: Context) -> None:
+    raise ValueError("always fails")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# StateOps
+# --------------------------------------------------------------------------------------------------------------
+
+state_ops = restate.VirtualObject("StateOps")
+
+
+@state_ops.handler(name="set")
+async def set_(ctx: ObjectContext, kv: dict[str, str]) -> None:
+    for key, value in kv.items():
+        ctx.set(key, value)
+
+
+@state_ops.handler(name="clear")
+async def clear(ctx: ObjectContext, name: str) -> None:
+    ctx.clear(name)
+
+
+@state_ops.handler(name="clear_all")
+async def clear_all(ctx: ObjectContext) -> None:
+    ctx.clear_all()
+
+
+@state_ops.handler(kind="shared")
+async def get_all(ctx: ObjectSharedContext) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key in sorted(await ctx.state_keys()):
+        value = await ctx.get(key, type_hint=str)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Slow
+# --------------------------------------------------------------------------------------------------------------
+
+slow = restate.Service("Slow")
+
+
+async def _sleep_forever() -> None:
+    await asyncio.sleep(3600)
+
+
+@slow.handler()
+async def hang(ctx: Context) -> None:
+    await ctx.run_typed("hang", _sleep_forever)
+
+
+SERVICES = [greeter, counter, steps, boom, flaky, state_ops, slow]
+SERVICE_NAMES = ["Greeter", "Counter", "Steps", "Boom", "Flaky", "StateOps", "Slow"]
+
+app = restate.app(services=SERVICES)
