@@ -261,7 +261,7 @@ class Invoker:
         pusher: asyncio.Task[None] | None = None
         try:
             try:
-                async with asyncio.timeout(self._config.invoker.connect_timeout.total_seconds() + abort):
+                async with asyncio.timeout(abort):
                     stream = await transport.start_attempt(request, bytes(body), keep_open=duplex)
             except TimeoutError:
                 raise self._fail(inv, epoch, 504, "timed out waiting for the deployment's response headers") from None

@@ -57,8 +57,8 @@ AsgiApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
 DEFAULT_ASGI_QUEUE_LIMIT: Final = 64  # request events / response chunks buffered per attempt
 DEFAULT_DISCOVERY_TIMEOUT: Final = 30.0  # seconds
+_DISCONNECT_GRACE: Final = 1.0  # seconds for the app to return after http.disconnect, before cancelling it
 _CLOSE_GRACE: Final = 5.0  # seconds to wait for the app task after cancelling it
-_FINISH_GRACE: Final = 1.0  # seconds to let an app that ended its response return before cancelling it
 
 # Response-queue items: a body chunk, None = the response ended, DeploymentError = the attempt failed.
 _BodyItem = bytes | DeploymentError | None
@@ -92,6 +92,7 @@ class AsgiAttemptStream:
         self._request_ended = not keep_open
         self._response_ended = False
         self._eof_seen = False
+        self._disconnected = False
         self._closed = False
         self._request_q.put_nowait({"type": "http.request", "body": body, "more_body": keep_open})
         self._task = asyncio.create_task(self._run(app, scope), name=f"asgi {label}")
@@ -125,6 +126,8 @@ class AsgiAttemptStream:
     async def _send(self, message: Message) -> None:
         kind = message.get("type")
         if kind == "http.response.start":
+            if self._closed:
+                return  # nobody is waiting any more
             if self._start.done():
                 raise RuntimeError("ASGI protocol: http.response.start sent twice")
             headers = {
@@ -133,18 +136,21 @@ class AsgiAttemptStream:
             }
             self._resolve_start((int(message["status"]), headers))
         elif kind == "http.response.body":
-            if not self._start.done() or self._response_ended:
+            if self._response_ended or not (self._start.done() or self._closed):
                 raise RuntimeError("ASGI protocol: http.response.body outside of a response")
+            more_body = bool(message.get("more_body", False))
+            if not more_body:
+                self._response_ended = True
+            if self._closed:
+                return  # nobody reads: drop (a full queue would block the app's own cleanup)
             body = message.get("body", b"")
             if body:
                 await self._body_q.put(bytes(body))
-            if not message.get("more_body", False):
-                self._response_ended = True
+            if not more_body:
                 await self._body_q.put(None)
-                # ASGI: once the response is complete, receive() answers http.disconnect. The SDK has stopped
-                # reading by now; a full queue means nobody reads, so nothing needs waking.
-                if self._request_ended and self._request_q.empty():
-                    self._request_q.put_nowait({"type": "http.disconnect"})
+                if self._request_ended:
+                    # ASGI: once the response is complete, receive() answers http.disconnect.
+                    self._disconnect()
         # http.response.trailers and extensions: ignored
 
     # -- the invoker side ----------------------------------------------------------------------------
@@ -199,28 +205,48 @@ class AsgiAttemptStream:
                 raise item
             yield item
 
+    def _disconnect(self) -> None:
+        """Queue ``http.disconnect`` once, dropping unread request events if the queue is full."""
+        if self._disconnected:
+            return
+        self._disconnected = True
+        if self._request_q.full():
+            while not self._request_q.empty():
+                self._request_q.get_nowait()
+        self._request_q.put_nowait({"type": "http.disconnect"})
+
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._registry.discard(self)
         task = self._task
-        if not task.done() and self._response_ended:
-            # The SDK ended its response and is returning: let it finish its own cleanup.
-            await asyncio.wait({task}, timeout=_FINISH_GRACE)
-        if not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=_CLOSE_GRACE)
+        try:
             if not task.done():
-                logger.warning("%s: ASGI app ignored cancellation for %.0f s", self._label, _CLOSE_GRACE)
+                # The SDK treats a disconnect as "the runtime went away": a waiting handler stops at once
+                # (DisconnectedException) and the app returns without a terminal message. Cancelling alone is
+                # not enough: the SDK swallows CancelledError in the handler, then waits for the body to end.
+                self._request_ended = True
+                self._disconnect()
+                await asyncio.wait({task}, timeout=_DISCONNECT_GRACE)
+            if not task.done():
+                # User code that does not await the SDK (a long ctx.run action, a blocking await).
+                task.cancel()
+                await asyncio.wait({task}, timeout=_CLOSE_GRACE)
+                if not task.done():
+                    logger.warning("%s: ASGI app ignored cancellation for %.0f s", self._label, _CLOSE_GRACE)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            self._resolve_start(DeploymentError(f"{self._label}: attempt closed before the response started"))
+            if not self._eof_seen:
+                # Wake a reader blocked in chunks() (in another task): the attempt is over.
+                while not self._body_q.empty():
+                    self._body_q.get_nowait()
+                self._body_q.put_nowait(DeploymentError(f"{self._label}: attempt closed", status=500))
         if task.done() and not task.cancelled() and task.exception() is not None:
             logger.debug("%s: app task ended with %r", self._label, task.exception())
-        self._resolve_start(DeploymentError(f"{self._label}: attempt closed before the response started"))
-        if not self._eof_seen:
-            # Wake a reader blocked in chunks() (in another task): the attempt is over.
-            while not self._body_q.empty():
-                self._body_q.get_nowait()
-            self._body_q.put_nowait(DeploymentError(f"{self._label}: attempt closed", status=500))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -213,6 +213,7 @@ class SegmentedLog:
             raise TypeError("use `await SegmentedLog.open(directory, config)`")
         self._directory = directory
         self._config = config
+        self._loop = asyncio.get_running_loop()
         self._fsync = config.fsync == FsyncPolicy.FSYNC
         self._lock_fd = recovered.lock_fd
         self._active = recovered.active
@@ -368,7 +369,7 @@ class SegmentedLog:
                 payload = bytes(payload)  # the crc32c extension wants immutable bytes
             checked.append(payload)
             nbytes += frame_size(payload)
-        return _Entry(checked, nbytes, asyncio.get_running_loop().create_future())
+        return _Entry(checked, nbytes, self._loop.create_future())
 
     def _check_open(self) -> None:
         if self._failure is not None:

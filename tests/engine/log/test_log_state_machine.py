@@ -86,9 +86,8 @@ class LogMachine(RuleBasedStateMachine):
 
     @rule(batch=payload_lists)
     def append_nowait(self, batch: list[bytes]) -> None:
-        futures = [self.open_log.append_nowait(p) for p in batch]
-
         async def go() -> list[int]:
+            futures = [self.open_log.append_nowait(p) for p in batch]
             return list(await asyncio.gather(*futures))
 
         assert self.run(go()) == list(range(len(self.model) + 1, len(self.model) + len(batch) + 1))
