@@ -95,9 +95,9 @@ class InvokerSection(_Section):
     max_protocol_version: int = Field(6, ge=5, le=6)
     retry_policy: RetryPolicySection = RetryPolicySection()
 
-    _durations = field_validator(
-        "inactivity_timeout", "abort_timeout", "connect_timeout", mode="before"
-    )(parse_duration)
+    _durations = field_validator("inactivity_timeout", "abort_timeout", "connect_timeout", mode="before")(
+        parse_duration
+    )
 
 
 class TimersSection(_Section):

@@ -14,10 +14,26 @@ from typing import Any
 
 from engine.partition.types import HandlerType, ServiceType
 
-SERVICE_TY = {"SERVICE": ServiceType.SERVICE, "VIRTUAL_OBJECT": ServiceType.VIRTUAL_OBJECT, "WORKFLOW": ServiceType.WORKFLOW}
-HANDLER_TY = {"EXCLUSIVE": HandlerType.EXCLUSIVE, "SHARED": HandlerType.SHARED, "WORKFLOW": HandlerType.WORKFLOW}
-SERVICE_TY_NAME = {ServiceType.SERVICE: "Service", ServiceType.VIRTUAL_OBJECT: "VirtualObject", ServiceType.WORKFLOW: "Workflow"}
-HANDLER_TY_NAME = {HandlerType.EXCLUSIVE: "Exclusive", HandlerType.SHARED: "Shared", HandlerType.WORKFLOW: "Workflow"}
+SERVICE_TY = {
+    "SERVICE": ServiceType.SERVICE,
+    "VIRTUAL_OBJECT": ServiceType.VIRTUAL_OBJECT,
+    "WORKFLOW": ServiceType.WORKFLOW,
+}
+HANDLER_TY = {
+    "EXCLUSIVE": HandlerType.EXCLUSIVE,
+    "SHARED": HandlerType.SHARED,
+    "WORKFLOW": HandlerType.WORKFLOW,
+}
+SERVICE_TY_NAME = {
+    ServiceType.SERVICE: "Service",
+    ServiceType.VIRTUAL_OBJECT: "VirtualObject",
+    ServiceType.WORKFLOW: "Workflow",
+}
+HANDLER_TY_NAME = {
+    HandlerType.EXCLUSIVE: "Exclusive",
+    HandlerType.SHARED: "Shared",
+    HandlerType.WORKFLOW: "Workflow",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,7 +139,9 @@ def _retry_policy(opts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def service_row(manifest_service: dict[str, Any], *, deployment_id: str, revision: int, public: bool | None = None) -> bytes:
+def service_row(
+    manifest_service: dict[str, Any], *, deployment_id: str, revision: int, public: bool | None = None
+) -> bytes:
     """The metadata row for one service of a manifest (camelCase manifest JSON in, our row out)."""
     return json.dumps(
         {

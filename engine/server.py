@@ -99,13 +99,17 @@ class Engine:
 
         self.ingress_url = await self._listen(build_ingress_app(self), config.ingress_http.address)
         self.admin_url = await self._listen(build_admin_app(self), config.admin.address)
-        logger.info("capstan ready: ingress %s, admin %s, data %s", self.ingress_url, self.admin_url, config.data_dir)
+        logger.info(
+            "capstan ready: ingress %s, admin %s, data %s", self.ingress_url, self.admin_url, config.data_dir
+        )
 
     async def _run_partition(self, p: Partition) -> None:
         try:
             await p.run()
         except Exception:
-            logger.critical("partition %d stopped on an internal error; stopping the engine", p.id, exc_info=True)
+            logger.critical(
+                "partition %d stopped on an internal error; stopping the engine", p.id, exc_info=True
+            )
             self.fatal.set()
             raise
 
@@ -163,7 +167,10 @@ class Engine:
             current = self.registry.service(svc["name"])
             revision = 1 if current is None else current.revision + 1
             records.append(
-                PutMetadata(key=f"service/{svc['name']}", value=service_row(svc, deployment_id=dep.id, revision=revision))
+                PutMetadata(
+                    key=f"service/{svc['name']}",
+                    value=service_row(svc, deployment_id=dep.id, revision=revision),
+                )
             )
         await self.propose_metadata(records)
         logger.info("mounted in-process app %s as deployment %s", spec, dep.id)

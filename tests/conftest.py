@@ -78,7 +78,11 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 @contextlib.asynccontextmanager
 async def engine_with_services(
-    factory: EngineFactory, mode: str, deployment: DeploymentProcess, http: aiohttp.ClientSession, **overrides: Any
+    factory: EngineFactory,
+    mode: str,
+    deployment: DeploymentProcess,
+    http: aiohttp.ClientSession,
+    **overrides: Any,
 ) -> AsyncIterator[Engine]:
     """An engine with the test services registered over ``mode``."""
     if mode == "asgi":

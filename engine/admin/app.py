@@ -107,7 +107,8 @@ class _Admin:
             kind = "asgi"
             if uri[len(ASGI_SCHEME) :] not in engine.asgi_apps:
                 return _error(
-                    400, f"no in-process app {uri[len(ASGI_SCHEME):]!r} is mounted; start with `capstan serve --app`"
+                    400,
+                    f"no in-process app {uri[len(ASGI_SCHEME) :]!r} is mounted; start with `capstan serve --app`",
                 )
         elif uri.startswith(("http://", "https://")):
             kind = "http"
@@ -126,7 +127,9 @@ class _Admin:
         services = [s["name"] for s in manifest.get("services", [])]
         force = bool(body.force)
         if existing is not None:
-            if existing.manifest == manifest and existing.additional_headers == (body.additional_headers or {}):
+            if existing.manifest == manifest and existing.additional_headers == (
+                body.additional_headers or {}
+            ):
                 return web.json_response(_deployment_json(existing, engine), status=200)
             if not force:
                 return _error(
@@ -222,7 +225,11 @@ class _Admin:
 
     async def list_services(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"services": [_service_json(s) for s in sorted(self.engine.registry.services.values(), key=_name)]}
+            {
+                "services": [
+                    _service_json(s) for s in sorted(self.engine.registry.services.values(), key=_name)
+                ]
+            }
         )
 
     async def get_service(self, request: web.Request) -> web.Response:
@@ -318,12 +325,16 @@ def _deployment_summary(dep: Deployment, engine: Engine) -> dict[str, Any]:
     }
 
 
-def _deployment_json(dep: Deployment, engine: Engine, *, pending: dict[str, Any] | None = None) -> dict[str, Any]:
+def _deployment_json(
+    dep: Deployment, engine: Engine, *, pending: dict[str, Any] | None = None
+) -> dict[str, Any]:
     out = _deployment_summary(dep, engine)
     if pending is not None:
         out["services"] = pending.get("services", [])
     else:
         out["services"] = [
-            _service_json(engine.registry.services[name]) for name in dep.services if name in engine.registry.services
+            _service_json(engine.registry.services[name])
+            for name in dep.services
+            if name in engine.registry.services
         ]
     return out

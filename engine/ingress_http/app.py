@@ -113,7 +113,8 @@ class _Ingress:
         handler = service.handlers.get(parts[-1])
         if handler is None:
             return error_response(
-                404, f"the service '{name}' exists, but the handler '{parts[-1]}' was not found, check the handler name."
+                404,
+                f"the service '{name}' exists, but the handler '{parts[-1]}' was not found, check the handler name.",
             )
         if not handler.public:
             return error_response(400, "the invoked service is not public")
@@ -218,7 +219,9 @@ class _Ingress:
             except LogError as exc:
                 logger.warning("invoke of %s not durable: %s", inv, exc)
                 return error_response(
-                    503, f"the invocation could not be stored: {exc}", headers={"retry-after": RETRY_AFTER_SECONDS}
+                    503,
+                    f"the invocation could not be stored: {exc}",
+                    headers={"retry-after": RETRY_AFTER_SECONDS},
                 )
             outcome = await waiter
         finally:
@@ -237,7 +240,10 @@ def _respond(
         return web.Response(
             status=202,
             body=json.dumps(
-                {"invocationId": str(inv), "status": "PreviouslyAccepted" if outcome.previously else "Accepted"}
+                {
+                    "invocationId": str(inv),
+                    "status": "PreviouslyAccepted" if outcome.previously else "Accepted",
+                }
             ).encode(),
             content_type="application/json",
             headers=headers,

@@ -19,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import urllib.parse
@@ -130,7 +131,7 @@ class Invoker:
             self._run(effect, previous), name=f"attempt-{InvocationId.from_bytes(inv)}-{effect.epoch}"
         )
         self._tasks[inv] = task
-        task.add_done_callback(lambda t, inv=inv: self._task_done(inv, t))
+        task.add_done_callback(functools.partial(self._task_done, inv))
 
     def _task_done(self, inv: bytes, task: asyncio.Task[None]) -> None:
         if self._tasks.get(inv) is task:
@@ -219,7 +220,9 @@ class Invoker:
             self._config.invoker.max_protocol_version,
         )
         if version is None:
-            raise self._fail(inv, epoch, 400, f"deployment {deployment.id} supports no protocol version we speak")
+            raise self._fail(
+                inv, epoch, 400, f"deployment {deployment.id} supports no protocol version we speak"
+            )
         ctype = content_type(version)
         transport = self._transport_for(deployment)
         duplex = transport.duplex
@@ -264,7 +267,9 @@ class Invoker:
                 async with asyncio.timeout(abort):
                     stream = await transport.start_attempt(request, bytes(body), keep_open=duplex)
             except TimeoutError:
-                raise self._fail(inv, epoch, 504, "timed out waiting for the deployment's response headers") from None
+                raise self._fail(
+                    inv, epoch, 504, "timed out waiting for the deployment's response headers"
+                ) from None
             except (DeploymentError, ProtocolError) as exc:
                 raise self._fail(inv, epoch, 503, str(exc)) from exc
             if stream.status != 200:
@@ -359,7 +364,13 @@ class Invoker:
             except ProtocolError as exc:
                 raise self._fail(inv, epoch, 571, f"bad ErrorMessage: {exc}") from exc
             self._failed += 1
-            logger.debug("attempt %s/%d: ErrorMessage %d %s", InvocationId.from_bytes(inv), epoch, err.code, err.message)
+            logger.debug(
+                "attempt %s/%d: ErrorMessage %d %s",
+                InvocationId.from_bytes(inv),
+                epoch,
+                err.code,
+                err.message,
+            )
             return AttemptFailed(
                 invocation_id=inv,
                 epoch=epoch,
@@ -413,7 +424,9 @@ class Invoker:
             await asyncio.gather(*futures)
         except LogError as exc:
             # Not durable: the invocation stays as it was; recovery (or the next effect) retries it.
-            logger.error("could not persist the outcome of an attempt of %s: %s", InvocationId.from_bytes(inv), exc)
+            logger.error(
+                "could not persist the outcome of an attempt of %s: %s", InvocationId.from_bytes(inv), exc
+            )
 
     async def _push_notifications(self, stream: AttemptStream, attempt: _Attempt) -> None:
         while True:

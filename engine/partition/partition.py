@@ -92,7 +92,9 @@ class Partition:
 
         replayed = await loop.run_in_executor(self._executor, replay)
         if replayed:
-            logger.info("partition %d: replayed %d log records up to lsn %d", self.id, replayed, self._log.last_lsn)
+            logger.info(
+                "partition %d: replayed %d log records up to lsn %d", self.id, replayed, self._log.last_lsn
+            )
         return await loop.run_in_executor(self._executor, self.processor.recovery_effects)
 
     def propose_nowait(self, record: Record) -> asyncio.Future[int]:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
-from typing import assert_never
+from dataclasses import dataclass, replace
+from typing import Any, assert_never
 
 from engine import codec
 from engine.config import EngineConfig
@@ -227,7 +227,9 @@ class PartitionProcessor:
         completion_id, body = messages.run_completion_from_proposal(entry.body)
         if completion_id in st.completed_ids:
             return st  # a proposal from a replay that raced its own completion: the first one wins
-        return self._notify(txn, st, MessageType.RUN_COMPLETION, body, now_ms, effects, completion_id=completion_id)
+        return self._notify(
+            txn, st, MessageType.RUN_COMPLETION, body, now_ms, effects, completion_id=completion_id
+        )
 
     def _on_command(
         self,
@@ -285,7 +287,13 @@ class PartitionProcessor:
                 names = [k[len(prefix) :] for k, _ in txn.scan(prefix)]
                 body = messages.notification(completion_id=cid, state_keys=names)
                 return self._notify(
-                    txn, st, MessageType.GET_LAZY_STATE_KEYS_COMPLETION, body, now_ms, effects, completion_id=cid
+                    txn,
+                    st,
+                    MessageType.GET_LAZY_STATE_KEYS_COMPLETION,
+                    body,
+                    now_ms,
+                    effects,
+                    completion_id=cid,
                 )
             return st
         logger.warning(
@@ -383,9 +391,9 @@ class PartitionProcessor:
             last_failure=failure,
             modified_at_ms=r.now_ms,
         )
-        max_attempts = policy["max_attempts"]
+        max_attempts = policy.max_attempts
         if max_attempts is not None and retry_count >= max_attempts:
-            if policy["on_max_attempts"] == "kill":
+            if policy.on_max_attempts == "kill":
                 logger.warning(
                     "invocation %s killed after %d attempts: %s",
                     InvocationId.from_bytes(st.invocation_id),
@@ -405,12 +413,7 @@ class PartitionProcessor:
         if r.next_retry_delay_ms is not None:
             delay_ms = r.next_retry_delay_ms
         else:
-            delay_ms = int(
-                min(
-                    policy["initial_ms"] * policy["factor"] ** (retry_count - 1),
-                    policy["max_ms"],
-                )
-            )
+            delay_ms = policy.delay_ms(retry_count)
         st = replace(st, status=Status.BACKING_OFF, epoch=st.epoch + 1, next_retry_at_ms=r.now_ms + delay_ms)
         _save(txn, st)
         effects.append(StartAttempt(invocation_id=st.invocation_id, epoch=st.epoch, delay_ms=delay_ms))
@@ -509,9 +512,9 @@ class PartitionProcessor:
     # Helpers
     # ------------------------------------------------------------------------------------------------------
 
-    def _retry_policy(self, txn: Txn, service: str, handler: str) -> dict[str, object]:
+    def _retry_policy(self, txn: Txn, service: str, handler: str) -> _RetryPolicy:
         base = self.config.invoker.retry_policy
-        policy: dict[str, object] = {
+        values: dict[str, Any] = {
             "initial_ms": base.initial_interval.total_seconds() * 1000,
             "factor": base.exponentiation_factor,
             "max_ms": base.max_interval.total_seconds() * 1000,
@@ -519,20 +522,32 @@ class PartitionProcessor:
             "on_max_attempts": base.on_max_attempts,
         }
         raw = txn.get(keys.metadata(f"service/{service}"))
-        if raw is None:
-            return policy
-        svc = json.loads(raw)
-        overrides: dict[str, object] = dict(svc.get("retry_policy") or {})
-        overrides.update((svc.get("handler_retry_policy") or {}).get(handler) or {})
-        for name, value in overrides.items():
-            if value is not None and name in policy:
-                policy[name] = value
-        return policy
+        if raw is not None:
+            # Per-service then per-handler overrides from the deployment's manifest (retryPolicy* fields).
+            svc = json.loads(raw)
+            overrides: dict[str, Any] = dict(svc.get("retry_policy") or {})
+            overrides.update((svc.get("handler_retry_policy") or {}).get(handler) or {})
+            for name, value in overrides.items():
+                if value is not None and name in values:
+                    values[name] = value
+        return _RetryPolicy(**values)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _RetryPolicy:
+    initial_ms: float
+    factor: float
+    max_ms: float
+    max_attempts: int | None
+    on_max_attempts: str
+
+    def delay_ms(self, retry_count: int) -> int:
+        return int(min(self.initial_ms * self.factor ** (retry_count - 1), self.max_ms))
 
 
 def _load(txn: Txn, invocation_id: bytes) -> InvocationStatus | None:
     raw = txn.get(keys.status(invocation_id))
-    return None if raw is None else codec.decode(raw)  # type: ignore[no-any-return]
+    return None if raw is None else codec.decode(raw)
 
 
 def _save(txn: Txn, st: InvocationStatus) -> None:
@@ -541,7 +556,9 @@ def _save(txn: Txn, st: InvocationStatus) -> None:
 
 def _append_journal(txn: Txn, st: InvocationStatus, entry: JournalEntry, now_ms: int) -> InvocationStatus:
     txn.put(keys.journal(st.invocation_id, st.journal_length), codec.encode(entry))
-    return replace(st, journal_length=st.journal_length + 1, last_entry_at_ms=now_ms, retry_count_since_last_entry=0)
+    return replace(
+        st, journal_length=st.journal_length + 1, last_entry_at_ms=now_ms, retry_count_since_last_entry=0
+    )
 
 
 def _delete_invocation(txn: Txn, st: InvocationStatus) -> None:

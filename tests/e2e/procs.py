@@ -22,7 +22,9 @@ def free_port() -> int:
 
 
 class CapstanProcess:
-    def __init__(self, data_dir: Path, *, extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, extra_args: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.ingress_port = free_port()
         self.admin_port = free_port()

@@ -49,7 +49,14 @@ async def test_malformed_requests(
             ("PUT", "/Greeter/greet", {}, b"", 405, "not allowed"),
             ("POST", "/Greeter/greet", {"content-type": "application/json"}, b"x" * 2048, 413, "exceeds"),
             ("POST", "/Greeter/greet", {"content-type": "text/plain"}, b"hi", 400, "input validation"),
-            ("POST", "/Greeter/greet", {"content-type": "application/json", "idempotency-key": "a b"}, b'"x"', 400, "idempotency-key"),
+            (
+                "POST",
+                "/Greeter/greet",
+                {"content-type": "application/json", "idempotency-key": "a b"},
+                b'"x"',
+                400,
+                "idempotency-key",
+            ),
             ("POST", "/Greeter/greet?delay=10s", {"content-type": "application/json"}, b'"x"', 400, "delay"),
             ("POST", "/Greeter/greet/%ZZ", {}, b"", 400, "bad path"),
         ]
@@ -66,7 +73,9 @@ async def test_malformed_requests(
             assert resp.status == 200 and await resp.json() == "Hello ok!"
 
 
-async def test_admin_rejects_bad_deployments(engine_factory: EngineFactory, http: aiohttp.ClientSession) -> None:
+async def test_admin_rejects_bad_deployments(
+    engine_factory: EngineFactory, http: aiohttp.ClientSession
+) -> None:
     async with engine_factory() as engine:
         admin = engine.admin_url
         for body, status, needle in [
@@ -88,7 +97,9 @@ async def test_admin_rejects_bad_deployments(engine_factory: EngineFactory, http
 
 
 @pytest.fixture
-async def fake_deployment(deployment: DeploymentProcess, http: aiohttp.ClientSession) -> AsyncIterator[dict[str, str]]:
+async def fake_deployment(
+    deployment: DeploymentProcess, http: aiohttp.ClientSession
+) -> AsyncIterator[dict[str, str]]:
     """A deployment that serves the real manifest but answers invocations with garbage or not at all."""
     async with http.get(
         deployment.url + "/discover", headers={"accept": "application/vnd.restate.endpointmanifest.v3+json"}
@@ -104,7 +115,9 @@ async def fake_deployment(deployment: DeploymentProcess, http: aiohttp.ClientSes
         await request.read()
         if request.match_info["handler"] == "greet":
             ctype = request.headers["content-type"]
-            return web.Response(body=b"\x00\x09\xff\xff\xff\xff\xff\xffgarbage", headers={"content-type": ctype})
+            return web.Response(
+                body=b"\x00\x09\xff\xff\xff\xff\xff\xffgarbage", headers={"content-type": ctype}
+            )
         await hang.wait()
         return web.Response(status=500)
 

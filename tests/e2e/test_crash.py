@@ -77,7 +77,9 @@ async def test_sigkill_under_load_loses_and_duplicates_nothing(
             for key, req in requests:
                 if req in answered:
                     again = await _add(http, server.ingress_url, key, req)
-                    assert again == answered[req], f"{req} answered {answered[req]} before the crash, {again} after"
+                    assert again == answered[req], (
+                        f"{req} answered {answered[req]} before the crash, {again} after"
+                    )
             # unanswered ones can be retried with the same key without double counting
             for key, req in requests:
                 if req not in answered:

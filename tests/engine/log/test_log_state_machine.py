@@ -33,7 +33,8 @@ CONFIG = LogSection(
     record_size_limit_bytes=1024,
 )
 
-payloads = st.binary(max_size=400)
+# Large payloads often enough that 4 KiB segments roll within a run.
+payloads = st.one_of(st.binary(max_size=40), st.binary(min_size=300, max_size=1000))
 payload_lists = st.lists(payloads, min_size=1, max_size=8)
 
 

@@ -1,0 +1,195 @@
+"""The admin API's OpenAPI 3.1 document (served at ``GET /openapi``; pinned by a test)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import __version__
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _ok(description: str, schema: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    if schema is not None:
+        out["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
+    return out
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Capstan admin API",
+        "version": __version__,
+        "description": "Register deployments (SDK endpoints) and inspect services. Served on 127.0.0.1:9070 by "
+        "default; every route is also available under /v2, /v3 and /v4.",
+    },
+    "paths": {
+        "/deployments": {
+            "post": {
+                "operationId": "create_deployment",
+                "summary": "Register a deployment: discover its services via GET {uri}/discover",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/RegisterDeploymentRequest"}
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _ok("Registered", "Deployment"),
+                    "200": _ok(
+                        "Already registered with the same manifest, or overwritten with force", "Deployment"
+                    ),
+                    "400": _error("Bad request body, bad uri, or the endpoint is not a valid deployment"),
+                    "409": _error(
+                        "Same uri registered with a different manifest (use force), or a service type change"
+                    ),
+                    "502": _error("The deployment is unreachable or failed during discovery"),
+                    "503": _error("The registration could not be stored"),
+                },
+            },
+            "get": {
+                "operationId": "list_deployments",
+                "summary": "List deployments",
+                "responses": {"200": _ok("Deployments", "DeploymentList")},
+            },
+        },
+        "/deployments/{id}": {
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {
+                "operationId": "get_deployment",
+                "summary": "Deployment with its services",
+                "responses": {"200": _ok("Deployment", "Deployment"), "404": _error("Unknown deployment")},
+            },
+            "delete": {
+                "operationId": "delete_deployment",
+                "summary": "Remove a deployment and the services it provides (requires force=true)",
+                "parameters": [{"name": "force", "in": "query", "schema": {"type": "boolean"}}],
+                "responses": {
+                    "202": {"description": "Removed"},
+                    "404": _error("Unknown deployment"),
+                    "501": _error("Graceful removal (without force) is not implemented"),
+                },
+            },
+        },
+        "/services": {
+            "get": {
+                "operationId": "list_services",
+                "summary": "List services",
+                "responses": {"200": _ok("Services", "ServiceList")},
+            }
+        },
+        "/services/{name}": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {
+                "operationId": "get_service",
+                "summary": "Service metadata with its handlers",
+                "responses": {"200": _ok("Service", "Service"), "404": _error("Unknown service")},
+            },
+        },
+        "/services/{name}/handlers": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {
+                "operationId": "list_service_handlers",
+                "summary": "Handlers of a service",
+                "responses": {"200": {"description": "Handlers"}, "404": _error("Unknown service")},
+            },
+        },
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "200 when ready",
+                "responses": {"200": {"description": "Ready"}},
+            }
+        },
+        "/version": {
+            "get": {
+                "operationId": "version",
+                "summary": "Engine and admin API versions",
+                "responses": {"200": {"description": "Versions"}},
+            }
+        },
+        "/openapi": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI"}},
+            }
+        },
+    },
+    "components": {
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "properties": {"message": {"type": "string"}},
+                "required": ["message"],
+            },
+            "RegisterDeploymentRequest": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["uri"],
+                "properties": {
+                    "uri": {
+                        "type": "string",
+                        "description": "http(s)://... of an SDK endpoint, or asgi://module:app",
+                    },
+                    "additional_headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "use_http_11": {"type": "boolean"},
+                    "breaking": {"type": "boolean"},
+                    "force": {"type": "boolean"},
+                    "dry_run": {"type": "boolean"},
+                },
+            },
+            "Deployment": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "uri": {"type": "string"},
+                    "protocol_type": {"enum": ["RequestResponse", "BidiStream"]},
+                    "http_version": {"type": "string"},
+                    "additional_headers": {"type": "object"},
+                    "created_at": {"type": "string"},
+                    "min_protocol_version": {"type": "integer"},
+                    "max_protocol_version": {"type": "integer"},
+                    "sdk_version": {"type": ["string", "null"]},
+                    "services": {"type": "array"},
+                },
+            },
+            "DeploymentList": {
+                "type": "object",
+                "properties": {
+                    "deployments": {"type": "array", "items": {"$ref": "#/components/schemas/Deployment"}}
+                },
+            },
+            "Service": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "ty": {"enum": ["Service", "VirtualObject", "Workflow"]},
+                    "handlers": {"type": "array"},
+                    "deployment_id": {"type": "string"},
+                    "revision": {"type": "integer"},
+                    "public": {"type": "boolean"},
+                    "idempotency_retention": {"type": ["string", "null"]},
+                    "journal_retention": {"type": ["string", "null"]},
+                    "inactivity_timeout": {"type": ["string", "null"]},
+                    "abort_timeout": {"type": ["string", "null"]},
+                },
+            },
+            "ServiceList": {
+                "type": "object",
+                "properties": {
+                    "services": {"type": "array", "items": {"$ref": "#/components/schemas/Service"}}
+                },
+            },
+        }
+    },
+}
