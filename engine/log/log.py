@@ -542,9 +542,7 @@ class SegmentedLog:
             os.ftruncate(active.fd, start)
             os.fdatasync(active.fd)
         except OSError as exc:
-            logger.error(
-                "log %s: cannot truncate %s back to %d: %s", self._directory, active.ref.name, start, exc
-            )
+            logger.error("log %s: cannot truncate %s back to %d: %s", self._directory, active.ref.name, start, exc)
             self._failure = exc
 
     def _close_files(self) -> None:

@@ -36,6 +36,18 @@ def payload(i: int, size: int = 100) -> bytes:
     return (f"record-{i}-".encode() * size)[:size]
 
 
+@pytest.fixture(autouse=True)
+async def strict_loop(caplog: pytest.LogCaptureFixture) -> AsyncIterator[None]:
+    """Debug mode (catches loop calls from worker threads) and a failure for any callback blocking the loop."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.5  # generous: debug mode itself makes creating many tasks slow
+    yield
+    records = [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records]
+    slow = [r.getMessage() for r in records if r.name == "asyncio" and "took" in r.getMessage()]
+    assert not slow, slow
+
+
 @pytest.fixture
 async def open_log(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Opens logs in tmp_path/log and closes whatever is still open at the end."""
@@ -151,7 +163,7 @@ async def test_fsync_policy_none_skips_syncs(open_log: Callable[..., Any]) -> No
 
 async def test_bytearray_payloads_are_accepted(open_log: Callable[..., Any]) -> None:
     log = await open_log()
-    await log.append(bytearray(b"mutable"))  # type: ignore[arg-type]
+    await log.append(bytearray(b"mutable"))
     assert read_all(log) == [(1, b"mutable")]
 
 
@@ -497,9 +509,7 @@ async def test_enospc_fails_the_batch_and_leaves_the_log_usable(
     assert read_all(log) == [(1, payload(0)), (2, payload(1)), (3, b"space is back")]
 
 
-async def test_failed_rollback_fails_the_log(
-    open_log: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_failed_rollback_fails_the_log(open_log: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
     log = await open_log()
     await log.append(b"durable")
 

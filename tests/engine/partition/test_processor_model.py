@@ -205,6 +205,6 @@ class ProcessorMachine(RuleBasedStateMachine):
 
 
 ProcessorMachine.TestCase.settings = settings(
-    max_examples=30, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=80, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestProcessorModel = ProcessorMachine.TestCase
