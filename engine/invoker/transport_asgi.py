@@ -57,7 +57,7 @@ AsgiApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
 DEFAULT_ASGI_QUEUE_LIMIT: Final = 64  # request events / response chunks buffered per attempt
 DEFAULT_DISCOVERY_TIMEOUT: Final = 30.0  # seconds
-_DISCONNECT_GRACE: Final = 1.0  # seconds for the app to return after http.disconnect, before cancelling it
+_DISCONNECT_GRACE: Final = 0.25  # seconds for the app to return after http.disconnect, before cancelling it
 _CLOSE_GRACE: Final = 5.0  # seconds to wait for the app task after cancelling it
 
 # Response-queue items: a body chunk, None = the response ended, DeploymentError = the attempt failed.
@@ -109,6 +109,8 @@ class AsgiAttemptStream:
         except Exception as exc:
             failure = exc
             logger.debug("%s: app raised %r", self._label, exc)
+        if self._closed:
+            return  # aclose() settles the start and the reader
         if not self._start.done():
             reason = f"failed before responding: {failure}" if failure else "returned without a response"
             self._resolve_start(DeploymentError(f"{self._label}: deployment app {reason}", status=500))
@@ -180,9 +182,11 @@ class AsgiAttemptStream:
     async def write(self, data: bytes) -> None:
         if not self.duplex:
             raise EngineInternalError("write() on an attempt started with keep_open=False")
+        if self._closed:
+            raise DeploymentError(f"{self._label}: attempt closed", status=500)
         if self._request_ended:
             raise EngineInternalError("write() after end_request()")
-        if self._closed or self._task.done():
+        if self._task.done():
             raise DeploymentError(f"{self._label}: the deployment ended the attempt", status=500)
         await self._push({"type": "http.request", "body": data, "more_body": True})
 

@@ -317,6 +317,8 @@ async def test_asgi_full_duplex_steps_in_one_attempt(asgi: AsgiTransport):
                     break
             await stream.end_request()
             await stream.end_request()  # idempotent
+            with pytest.raises(EngineInternalError):
+                await stream.write(b"late")
             assert await reader.next() is None and reader.ended
         finally:
             await stream.aclose()
@@ -324,8 +326,6 @@ async def test_asgi_full_duplex_steps_in_one_attempt(asgi: AsgiTransport):
     # byte for byte what restate-server and the SDK exchanged in the recording (one attempt)
     assert received == recorded(attempt, "from_sdk")
     assert b"".join(sent) == b"".join(frame(ty, body) for ty, body in recorded(attempt, "to_sdk"))
-    with pytest.raises(EngineInternalError):
-        await stream.write(b"late")
 
 
 async def test_asgi_request_response_steps_suspends(asgi: AsgiTransport):
@@ -461,29 +461,29 @@ async def test_asgi_scope_is_full_asgi3():
 
     async def echo_app(scope: Any, receive: Any, send: Any) -> None:
         seen.append(dict(scope))
-        events = []
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"X-Echo", b"1")]})
         while True:
             event = await receive()
-            events.append(event)
+            await send({"type": "http.response.body", "body": event["body"], "more_body": True})
             if not event.get("more_body"):
                 break
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"X-Echo", b"1")]})
-        for event in events:
-            await send({"type": "http.response.body", "body": event["body"], "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         assert (await receive())["type"] == "http.disconnect"  # after the response, as ASGI says
 
     transport = AsgiTransport(echo_app, root_path="/mount/")
     request = AttemptRequest(service="Svc", handler="h", headers=(("Content-Type", V6), ("x-a", "b")))
-    stream = await transport.start_attempt(request, b"one", keep_open=True)
-    try:
-        assert stream.headers == {"x-echo": "1"}
-        await stream.write(b"two")
-        await stream.end_request()
-        assert b"".join([c async for c in stream.chunks()]) == b"onetwo"
-        assert [c async for c in stream.chunks()] == []  # ended stays ended
-    finally:
-        await stream.aclose()
+    async with asyncio.timeout(5):
+        stream = await transport.start_attempt(request, b"one", keep_open=True)
+        try:
+            assert stream.headers == {"x-echo": "1"}
+            await stream.write(b"two")
+            await stream.end_request()
+            assert b"".join([c async for c in stream.chunks()]) == b"onetwo"
+            assert [c async for c in stream.chunks()] == []  # ended stays ended
+            await _settle()
+            assert stream._task.done()  # the app saw http.disconnect after its response and returned
+        finally:
+            await stream.aclose()
     [scope] = seen
     assert scope["type"] == "http" and scope["asgi"]["version"] == "3.0"
     assert scope["method"] == "POST" and scope["scheme"] == "http"
@@ -679,7 +679,7 @@ async def test_http_discovery_headers_and_timeout(bad_server: str, session: aioh
     seen: dict[str, str] = {}
 
     async def capture(request: web.Request) -> web.Response:
-        seen.update(request.headers)
+        seen.update({name.lower(): value for name, value in request.headers.items()})
         return web.Response(status=404)
 
     app = web.Application()
@@ -700,9 +700,9 @@ async def test_http_discovery_headers_and_timeout(bad_server: str, session: aioh
             await transport.discover()
     finally:
         await runner.cleanup()
-    assert seen["Accept"].startswith("application/vnd.restate.endpointmanifest.v1+json, ")
-    assert seen["X-Token"] == "secret"
-    assert "User-Agent" not in seen
+    assert seen["accept"].startswith("application/vnd.restate.endpointmanifest.v1+json, ")
+    assert seen["x-token"] == "secret"
+    assert "user-agent" not in seen
 
     slow = HttpTransport(
         bad_server + "/hang", session=session, additional_headers={}, connect_timeout=1.0, discovery_timeout=0.2
