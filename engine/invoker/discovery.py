@@ -176,8 +176,7 @@ class ServiceManifest(_Options):
             seen.add(handler.name)
             if handler.ty is HandlerType.WORKFLOW and self.ty is not ServiceType.WORKFLOW:
                 raise ValueError(
-                    f"service {self.name}: handler {handler.name!r} has ty WORKFLOW "
-                    f"but the service is {self.ty}"
+                    f"service {self.name}: handler {handler.name!r} has ty WORKFLOW but the service is {self.ty}"
                 )
         return self
 
@@ -209,8 +208,7 @@ class EndpointManifest(_Manifest):
     def _check(self) -> EndpointManifest:
         if self.min_protocol_version > self.max_protocol_version:
             raise ValueError(
-                f"minProtocolVersion {self.min_protocol_version} > "
-                f"maxProtocolVersion {self.max_protocol_version}"
+                f"minProtocolVersion {self.min_protocol_version} > maxProtocolVersion {self.max_protocol_version}"
             )
         seen: set[str] = set()
         for service in self.services:
@@ -314,9 +312,7 @@ def parse_discovery(
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DeploymentError(
-            f"discovery at {source} answered a manifest that is not valid JSON: {exc}"
-        ) from exc
+        raise DeploymentError(f"discovery at {source} answered a manifest that is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise DeploymentError(f"discovery at {source} answered a manifest that is not a JSON object")
     if "protocolMode" not in document:
@@ -331,10 +327,7 @@ def parse_discovery(
             f"discovery at {source} answered an invalid manifest: {_describe_validation(exc)}"
         ) from exc
 
-    if (
-        manifest.max_protocol_version < MIN_PROTOCOL_VERSION
-        or manifest.min_protocol_version > MAX_PROTOCOL_VERSION
-    ):
+    if manifest.max_protocol_version < MIN_PROTOCOL_VERSION or manifest.min_protocol_version > MAX_PROTOCOL_VERSION:
         raise DeploymentError(
             f"unsupported service protocol versions: the deployment at {source} supports "
             f"[{manifest.min_protocol_version}, {manifest.max_protocol_version}], Capstan supports "

@@ -116,9 +116,7 @@ class AsgiAttemptStream:
             self._resolve_start(DeploymentError(f"{self._label}: deployment app {reason}", status=500))
         elif not self._response_ended:
             self._response_ended = True
-            reason = (
-                f"failed mid-response: {failure!r}" if failure else "returned without ending the response"
-            )
+            reason = f"failed mid-response: {failure!r}" if failure else "returned without ending the response"
             await self._body_q.put(DeploymentError(f"{self._label}: deployment app {reason}", status=500))
 
     def _resolve_start(self, item: _StartItem) -> None:
@@ -340,9 +338,7 @@ class AsgiTransport:
             raise
         return stream
 
-    async def start_attempt(
-        self, request: AttemptRequest, body: bytes, *, keep_open: bool
-    ) -> AsgiAttemptStream:
+    async def start_attempt(self, request: AttemptRequest, body: bytes, *, keep_open: bool) -> AsgiAttemptStream:
         # The SDK uses the path segments verbatim (no URL-decoding); names are validated at discovery.
         return await self._open(
             method="POST",

@@ -84,9 +84,7 @@ class HttpAttemptStream:
             async for chunk in self._response.content.iter_any():
                 yield chunk
         except (aiohttp.ClientError, OSError) as exc:
-            raise DeploymentError(
-                f"deployment at {self._url} broke the response stream: {exc!r}", status=502
-            ) from exc
+            raise DeploymentError(f"deployment at {self._url} broke the response stream: {exc!r}", status=502) from exc
 
     async def aclose(self) -> None:
         if self._closed:
@@ -136,9 +134,7 @@ class HttpTransport:
     def _unreachable(self, url: str, exc: BaseException) -> DeploymentError:
         return DeploymentError(f"deployment at {url} is unreachable: {exc!r}", status=502)
 
-    async def start_attempt(
-        self, request: AttemptRequest, body: bytes, *, keep_open: bool
-    ) -> HttpAttemptStream:
+    async def start_attempt(self, request: AttemptRequest, body: bytes, *, keep_open: bool) -> HttpAttemptStream:
         if keep_open:
             raise EngineInternalError("HTTP/1.1 deployments are request-response: keep_open must be False")
         if self._closed:

@@ -8,7 +8,8 @@ Import from here; the submodules are internal::
     await log.aclose()
 """
 
-from engine.log.log import Log, LogStatistics, SegmentedLog
+from engine.log.api import Log, LogStatistics
+from engine.log.log import SegmentedLog
 from engine.log.record import RecordTooLargeError
 
 __all__ = ["Log", "LogStatistics", "RecordTooLargeError", "SegmentedLog"]

@@ -39,10 +39,11 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol, final
+from typing import final
 
 from engine.config import FsyncPolicy, LogSection
 from engine.errors import CorruptRecordError, LogClosedError, LogError, OverloadedError
+from engine.log.api import LogStatistics
 from engine.log.record import RecordTooLargeError, encode_batch, frame_size
 from engine.log.segment import (
     SegmentRef,
@@ -53,79 +54,11 @@ from engine.log.segment import (
     recover_segment,
 )
 
-__all__ = ["Log", "LogStatistics", "SegmentedLog"]
+__all__ = ["SegmentedLog"]
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE_NAME = "LOCK"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LogStatistics:
-    """A snapshot of a log's counters.
-
-    Attributes:
-        last_lsn: LSN of the last acknowledged record (0 if none was ever appended).
-        first_lsn: First LSN still stored (``last_lsn + 1`` when the log is empty).
-        segments: Segment files, the active one included.
-        queued: Records accepted but not yet acknowledged (queued or being written).
-        batches: Batches written since open.
-        records: Records written since open.
-        fsyncs: Data syncs of segment files since open.
-        bytes_written: Bytes written to segment files since open, framing included.
-    """
-
-    last_lsn: int
-    first_lsn: int
-    segments: int
-    queued: int
-    batches: int
-    records: int
-    fsyncs: int
-    bytes_written: int
-
-
-class Log(Protocol):
-    """What the engine needs from a partition log; the local :class:`SegmentedLog` and, later, a Kafka-backed
-    log implement it."""
-
-    @property
-    def last_lsn(self) -> int:
-        """LSN of the last acknowledged record, 0 if empty."""
-        ...
-
-    @property
-    def first_lsn(self) -> int:
-        """First LSN still stored, ``last_lsn + 1`` if empty."""
-        ...
-
-    async def append(self, payload: bytes) -> int:
-        """Append one record; return its LSN once it is durable."""
-        ...
-
-    async def append_batch(self, payloads: Sequence[bytes]) -> int:
-        """Append records atomically as one batch; return the LSN of the last."""
-        ...
-
-    def append_nowait(self, payload: bytes) -> asyncio.Future[int]:
-        """Enqueue one record or raise ``OverloadedError``; the future resolves with its LSN once durable."""
-        ...
-
-    def read(self, from_lsn: int) -> Iterator[tuple[int, bytes]]:
-        """Iterate over acknowledged records with ``lsn >= from_lsn`` (blocking: run it in a thread)."""
-        ...
-
-    async def truncate_prefix(self, up_to_lsn: int) -> None:
-        """Allow dropping records with ``lsn <= up_to_lsn``."""
-        ...
-
-    async def aclose(self) -> None:
-        """Finish queued appends and release the log."""
-        ...
-
-    def statistics(self) -> LogStatistics:
-        """Counters for tests and metrics."""
-        ...
 
 
 @dataclass(slots=True, eq=False)
@@ -572,8 +505,8 @@ class SegmentedLog:
 
         Raises:
             LogClosedError: The log is closed.
-            LogError: A segment file could not be deleted (the log stays usable; the file is retried on the
-                next call or reopened).
+            LogError: A segment file could not be deleted. The log stays usable; files left behind are
+                found again (and may be truncated) after the next open.
         """
         async with self._truncate_lock:
             if self._files_closed:
@@ -634,7 +567,9 @@ def _pwrite_all(fd: int, buffer: bytes, offset: int) -> None:
 
 
 def _recover(directory: Path) -> _Recovered:
-    directory.mkdir(parents=True, exist_ok=True)
+    if not directory.is_dir():
+        directory.mkdir(parents=True)
+        fsync_directory(directory.parent)
     lock_fd = os.open(directory / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:

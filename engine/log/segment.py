@@ -110,6 +110,10 @@ def recover_segment(ref: SegmentRef, *, last: bool) -> RecoveredSegment:
     LSN follows it: then the damage is inside records that had been written completely, and cutting there
     would silently drop acknowledged records.
 
+    Caveat: a power loss can leave the pages of the single in-flight batch on disk in any order, so a torn
+    unacknowledged batch can, rarely, look like damage followed by an intact record. That is reported too (the
+    error names the offset); it needs an operator to cut the segment at that offset, never silent loss.
+
     Args:
         ref: The segment.
         last: Whether it is the newest segment (the only one a crash can leave torn).

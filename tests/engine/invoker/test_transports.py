@@ -364,9 +364,7 @@ async def test_asgi_unknown_target_is_404(asgi: AsgiTransport, target: tuple[str
     ],
 )
 @pytest.mark.parametrize("keep_open", [False, True])
-async def test_asgi_unsupported_version_raises(
-    asgi: AsgiTransport, content_type: str, fragment: str, keep_open: bool
-):
+async def test_asgi_unsupported_version_raises(asgi: AsgiTransport, content_type: str, fragment: str, keep_open: bool):
     attempt = transcript_attempt("bidi-greeter")
     request = request_for(attempt, content_type=content_type)
     async with asyncio.timeout(5):

@@ -78,8 +78,12 @@ def test_exported_members() -> None:
     assert sorted(engine.log.__all__) == ["Log", "LogStatistics", "RecordTooLargeError", "SegmentedLog"]
 
 
+def as_log(log: SegmentedLog) -> Log:
+    return log  # mypy checks that SegmentedLog satisfies the Log protocol
+
+
 async def test_segmented_log_is_a_log(open_log: Callable[..., Any]) -> None:
-    log: Log = await open_log()
+    log = as_log(await open_log())
     assert isinstance(log.statistics(), LogStatistics)
 
 
