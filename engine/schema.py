@@ -230,3 +230,41 @@ class SchemaRegistry:
 
     def service(self, name: str) -> Service | None:
         return self.services.get(name)
+
+
+def registration_records(
+    *,
+    registry: SchemaRegistry,
+    deployment_id: str,
+    uri: str,
+    kind: str,
+    manifest: dict[str, Any],
+    protocol_mode: str,
+    sdk_version: str | None,
+    additional_headers: dict[str, str],
+    use_http_11: bool,
+) -> tuple[Deployment, list[tuple[str, bytes]]]:
+    """The deployment row plus one row per service it exposes (each service's revision bumped), as
+    ``(metadata key, value)`` pairs to store together."""
+    import datetime
+
+    dep = Deployment(
+        id=deployment_id,
+        uri=uri,
+        kind=kind,
+        protocol_mode=protocol_mode,
+        min_protocol_version=int(manifest["minProtocolVersion"]),
+        max_protocol_version=int(manifest["maxProtocolVersion"]),
+        sdk_version=sdk_version,
+        additional_headers=additional_headers,
+        use_http_11=use_http_11,
+        created_at=datetime.datetime.now(datetime.UTC).isoformat(),
+        services=tuple(s["name"] for s in manifest.get("services", [])),
+        manifest=manifest,
+    )
+    rows = [(f"deployment/{dep.id}", dep.to_json())]
+    for svc in manifest.get("services", []):
+        current = registry.service(svc["name"])
+        revision = 1 if current is None else current.revision + 1
+        rows.append((f"service/{svc['name']}", service_row(svc, deployment_id=dep.id, revision=revision)))
+    return dep, rows

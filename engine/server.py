@@ -77,9 +77,7 @@ class Engine:
         for spec in [config.app] if config.app else []:
             self.asgi_apps[spec] = load_asgi_app(spec, app_dir=".")
         for pid in range(config.num_partitions):
-            self.partitions.append(
-                await Partition.open(pid, config.data_dir, self.store, config, self._on_effects)
-            )
+            self.partitions.append(await Partition.open(pid, config.data_dir, self.store, config, self._on_effects))
         recovered: list[tuple[int, list[Effect]]] = []
         for p in self.partitions:
             recovered.append((p.id, await p.recover()))
@@ -99,17 +97,13 @@ class Engine:
 
         self.ingress_url = await self._listen(build_ingress_app(self), config.ingress_http.address)
         self.admin_url = await self._listen(build_admin_app(self), config.admin.address)
-        logger.info(
-            "capstan ready: ingress %s, admin %s, data %s", self.ingress_url, self.admin_url, config.data_dir
-        )
+        logger.info("capstan ready: ingress %s, admin %s, data %s", self.ingress_url, self.admin_url, config.data_dir)
 
     async def _run_partition(self, p: Partition) -> None:
         try:
             await p.run()
         except Exception:
-            logger.critical(
-                "partition %d stopped on an internal error; stopping the engine", p.id, exc_info=True
-            )
+            logger.critical("partition %d stopped on an internal error; stopping the engine", p.id, exc_info=True)
             self.fatal.set()
             raise
 
@@ -131,8 +125,6 @@ class Engine:
 
     async def _register_asgi_app(self, spec: str) -> None:
         """Mount an in-process app: discover it and register it as deployment ``asgi://spec`` (idempotent)."""
-        from engine.admin.app import RegisterDeploymentRequest  # noqa: F401 - same rules as the admin route
-
         uri = ASGI_SCHEME + spec
         transport = self.make_transport("asgi", uri, {}, False)
         try:
@@ -143,35 +135,21 @@ class Engine:
         existing = self.registry.deployment_by_uri(uri)
         if existing is not None and existing.manifest == manifest:
             return
-        import datetime
-
         from engine.ids import new_deployment_id
-        from engine.schema import service_row
+        from engine.schema import registration_records
 
-        dep = Deployment(
-            id=existing.id if existing is not None else new_deployment_id(),
+        dep, rows = registration_records(
+            registry=self.registry,
+            deployment_id=existing.id if existing is not None else new_deployment_id(),
             uri=uri,
             kind="asgi",
+            manifest=manifest,
             protocol_mode=discovered.manifest.protocol_mode.value,
-            min_protocol_version=discovered.manifest.min_protocol_version,
-            max_protocol_version=discovered.manifest.max_protocol_version,
             sdk_version=discovered.sdk_version,
             additional_headers={},
             use_http_11=False,
-            created_at=datetime.datetime.now(datetime.UTC).isoformat(),
-            services=tuple(s["name"] for s in manifest.get("services", [])),
-            manifest=manifest,
         )
-        records: list[PutMetadata] = [PutMetadata(key=f"deployment/{dep.id}", value=dep.to_json())]
-        for svc in manifest.get("services", []):
-            current = self.registry.service(svc["name"])
-            revision = 1 if current is None else current.revision + 1
-            records.append(
-                PutMetadata(
-                    key=f"service/{svc['name']}",
-                    value=service_row(svc, deployment_id=dep.id, revision=revision),
-                )
-            )
+        records = [PutMetadata(key=k, value=v) for k, v in rows]
         await self.propose_metadata(records)
         logger.info("mounted in-process app %s as deployment %s", spec, dep.id)
 
@@ -252,9 +230,7 @@ class Engine:
     def drop_waiter(self, token: str) -> None:
         self._waiters.pop(token, None)
 
-    def make_transport(
-        self, kind: str, uri: str, additional_headers: dict[str, str], use_http_11: bool
-    ) -> Transport:
+    def make_transport(self, kind: str, uri: str, additional_headers: dict[str, str], use_http_11: bool) -> Transport:
         if kind == "asgi":
             spec = uri[len(ASGI_SCHEME) :]
             app = self.asgi_apps.get(spec)

@@ -6,7 +6,6 @@ Shapes follow Restate's admin API (reference ingress-admin-kafka.md §2). Routes
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from engine.errors import DeploymentError, LogError, OverloadedError
 from engine.ids import new_deployment_id
 from engine.invoker.transport import Transport
 from engine.partition.types import PutMetadata
-from engine.schema import HANDLER_TY_NAME, SERVICE_TY_NAME, Deployment, Service, service_row
+from engine.schema import HANDLER_TY_NAME, SERVICE_TY_NAME, Deployment, Service, registration_records
 
 if TYPE_CHECKING:
     from engine.server import Engine
@@ -127,9 +126,7 @@ class _Admin:
         services = [s["name"] for s in manifest.get("services", [])]
         force = bool(body.force)
         if existing is not None:
-            if existing.manifest == manifest and existing.additional_headers == (
-                body.additional_headers or {}
-            ):
+            if existing.manifest == manifest and existing.additional_headers == (body.additional_headers or {}):
                 return web.json_response(_deployment_json(existing, engine), status=200)
             if not force:
                 return _error(
@@ -149,32 +146,20 @@ class _Admin:
                     f"service {svc['name']} changes type from {SERVICE_TY_NAME[current.ty]} to "
                     f"{_ty_name(svc['ty'])}; register with breaking or force to allow it",
                 )
-        dep = Deployment(
-            id=existing.id if existing is not None else new_deployment_id(),
+        dep, rows = registration_records(
+            registry=engine.registry,
+            deployment_id=existing.id if existing is not None else new_deployment_id(),
             uri=uri,
             kind=kind,
+            manifest=manifest,
             protocol_mode=discovered.manifest.protocol_mode.value,
-            min_protocol_version=discovered.manifest.min_protocol_version,
-            max_protocol_version=discovered.manifest.max_protocol_version,
             sdk_version=discovered.sdk_version,
             additional_headers=body.additional_headers or {},
             use_http_11=body.use_http_11,
-            created_at=datetime.datetime.now(datetime.UTC).isoformat(),
-            services=tuple(services),
-            manifest=manifest,
         )
         if body.dry_run:
             return web.json_response(_deployment_json(dep, engine, pending=manifest), status=200)
-        records = [PutMetadata(key=f"deployment/{dep.id}", value=dep.to_json())]
-        for svc in manifest.get("services", []):
-            current = engine.registry.service(svc["name"])
-            revision = 1 if current is None else current.revision + 1
-            records.append(
-                PutMetadata(
-                    key=f"service/{svc['name']}",
-                    value=service_row(svc, deployment_id=dep.id, revision=revision),
-                )
-            )
+        records = [PutMetadata(key=k, value=v) for k, v in rows]
         try:
             await engine.propose_metadata(records)
         except (OverloadedError, LogError) as exc:
@@ -225,11 +210,7 @@ class _Admin:
 
     async def list_services(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {
-                "services": [
-                    _service_json(s) for s in sorted(self.engine.registry.services.values(), key=_name)
-                ]
-            }
+            {"services": [_service_json(s) for s in sorted(self.engine.registry.services.values(), key=_name)]}
         )
 
     async def get_service(self, request: web.Request) -> web.Response:
@@ -325,16 +306,12 @@ def _deployment_summary(dep: Deployment, engine: Engine) -> dict[str, Any]:
     }
 
 
-def _deployment_json(
-    dep: Deployment, engine: Engine, *, pending: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def _deployment_json(dep: Deployment, engine: Engine, *, pending: dict[str, Any] | None = None) -> dict[str, Any]:
     out = _deployment_summary(dep, engine)
     if pending is not None:
         out["services"] = pending.get("services", [])
     else:
         out["services"] = [
-            _service_json(engine.registry.services[name])
-            for name in dep.services
-            if name in engine.registry.services
+            _service_json(engine.registry.services[name]) for name in dep.services if name in engine.registry.services
         ]
     return out
