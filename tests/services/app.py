@@ -195,7 +195,7 @@ async def hang(ctx: Context) -> None:
     await ctx.run_typed("hang", _sleep_forever)
 
 
-SERVICES = [greeter, counter, steps, boom, flaky, state_ops, slow]
+SERVICES: list[restate.Service | restate.VirtualObject] = [greeter, counter, steps, boom, flaky, state_ops, slow]
 SERVICE_NAMES = ["Greeter", "Counter", "Steps", "Boom", "Flaky", "StateOps", "Slow"]
 
 app = restate.app(services=SERVICES)

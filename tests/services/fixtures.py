@@ -50,9 +50,11 @@ class DeploymentStartError(RuntimeError):
 class DeploymentProcess:
     """A running SDK deployment. ``url`` is what you register with the engine (no trailing slash)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, *, owns_log: bool) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, *, owns_log: bool, log_offset: int = 0) -> None:
         self._proc = proc
         self.log_path = log_path
+        # Where this process's output starts in ``log_path`` (a reused log is appended to).
+        self._log_offset = log_offset
         self._owns_log = owns_log
         self.host = "127.0.0.1"
         self.port = 0
@@ -74,17 +76,24 @@ class DeploymentProcess:
         return self._proc.poll() is None
 
     def logs(self) -> str:
-        """Everything the process wrote to stdout and stderr so far."""
+        """Everything this process wrote to stdout and stderr so far."""
         try:
-            return self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_offset)
+                return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 
     def stop(self, timeout: float = STOP_GRACE_S) -> int:
-        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Returns the exit code. Idempotent."""
+        """SIGINT, wait up to ``timeout`` seconds, then SIGKILL. Returns the exit code. Idempotent.
+
+        SIGINT, not SIGTERM: the SDK's ASGI app takes over SIGTERM (``restate.server.install_shutdown_hook``) to
+        let in-flight invocations wind down, and hypercorn then never sees it, so SIGTERM alone leaves the
+        server running. Use ``terminate()`` to send SIGTERM on purpose.
+        """
         if self._proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self._proc.pid, signal.SIGTERM)
+                os.kill(self._proc.pid, signal.SIGINT)
             try:
                 self._proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -92,6 +101,12 @@ class DeploymentProcess:
         code = self._proc.wait()
         self._cleanup_log()
         return code
+
+    def terminate(self) -> None:
+        """Send SIGTERM: the SDK releases in-flight invocations; the process keeps serving (see ``stop()``)."""
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGTERM)
 
     def kill(self) -> int:
         """SIGKILL (crash the deployment mid-invocation). Returns the exit code. The log is kept for ``logs()``;
@@ -159,10 +174,11 @@ def start_deployment(
     ]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "ab") as log_file:
+        log_offset = log_file.tell()
         proc = subprocess.Popen(
             cmd, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env
         )
-    dep = DeploymentProcess(proc, log_path, owns_log=owns_log)
+    dep = DeploymentProcess(proc, log_path, owns_log=owns_log, log_offset=log_offset)
     try:
         _wait_ready(dep, timeout)
     except BaseException:
