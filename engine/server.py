@@ -68,7 +68,11 @@ class Engine:
         data_dir.mkdir(parents=True, exist_ok=True)
         store = await asyncio.to_thread(Store, data_dir / "rocksdb")
         engine = cls(config, store)
-        await engine._start()
+        try:
+            await engine._start()
+        except BaseException:
+            await engine.aclose()
+            raise
         return engine
 
     async def _start(self) -> None:

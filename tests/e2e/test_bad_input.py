@@ -73,9 +73,7 @@ async def test_malformed_requests(
             assert resp.status == 200 and await resp.json() == "Hello ok!"
 
 
-async def test_admin_rejects_bad_deployments(
-    engine_factory: EngineFactory, http: aiohttp.ClientSession
-) -> None:
+async def test_admin_rejects_bad_deployments(engine_factory: EngineFactory, http: aiohttp.ClientSession) -> None:
     async with engine_factory() as engine:
         admin = engine.admin_url
         for body, status, needle in [
@@ -97,9 +95,7 @@ async def test_admin_rejects_bad_deployments(
 
 
 @pytest.fixture
-async def fake_deployment(
-    deployment: DeploymentProcess, http: aiohttp.ClientSession
-) -> AsyncIterator[dict[str, str]]:
+async def fake_deployment(deployment: DeploymentProcess, http: aiohttp.ClientSession) -> AsyncIterator[dict[str, str]]:
     """A deployment that serves the real manifest but answers invocations with garbage or not at all."""
     async with http.get(
         deployment.url + "/discover", headers={"accept": "application/vnd.restate.endpointmanifest.v3+json"}
@@ -115,9 +111,7 @@ async def fake_deployment(
         await request.read()
         if request.match_info["handler"] == "greet":
             ctype = request.headers["content-type"]
-            return web.Response(
-                body=b"\x00\x09\xff\xff\xff\xff\xff\xffgarbage", headers={"content-type": ctype}
-            )
+            return web.Response(body=b"\x00\x09\xff\xff\xff\xff\xff\xffgarbage", headers={"content-type": ctype})
         await hang.wait()
         return web.Response(status=500)
 

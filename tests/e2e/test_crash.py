@@ -43,9 +43,7 @@ async def _add(http: aiohttp.ClientSession, base: str, key: str, req: str) -> in
 
 
 @pytest.mark.timeout(240)
-async def test_sigkill_under_load_loses_and_duplicates_nothing(
-    tmp_path: Path, deployment: DeploymentProcess
-) -> None:
+async def test_sigkill_under_load_loses_and_duplicates_nothing(tmp_path: Path, deployment: DeploymentProcess) -> None:
     rng = random.Random(7)
     requests = [(f"k{rng.randrange(KEYS)}", f"req-{i}") for i in range(REQUESTS)]
     answered: dict[str, int] = {}
@@ -77,9 +75,7 @@ async def test_sigkill_under_load_loses_and_duplicates_nothing(
             for key, req in requests:
                 if req in answered:
                     again = await _add(http, server.ingress_url, key, req)
-                    assert again == answered[req], (
-                        f"{req} answered {answered[req]} before the crash, {again} after"
-                    )
+                    assert again == answered[req], f"{req} answered {answered[req]} before the crash, {again} after"
             # unanswered ones can be retried with the same key without double counting
             for key, req in requests:
                 if req not in answered:

@@ -186,3 +186,23 @@ async def test_state_survives_restart(
     async with engine_factory(**({"app": "tests.services.app:app"} if mode == "asgi" else {})) as engine:
         assert (await call(http, engine.ingress_url + "/Counter/keep/get"))[:2] == (200, 7)
         assert (await call(http, engine.ingress_url + "/Counter/keep/add", 1))[1] == 8
+
+
+async def test_shared_handlers_do_not_wait_for_the_lock(
+    engine_factory: EngineFactory, mode: str, deployment: DeploymentProcess, http: aiohttp.ClientSession
+) -> None:
+    async with engine_with_services(engine_factory, mode, deployment, http) as engine:
+        base = engine.ingress_url + "/Counter/shared"
+        assert (await call(http, base + "/add", 1))[1] == 1
+        loop = asyncio.get_running_loop()
+        slow = asyncio.create_task(call(http, base + "/add_slow", 10))
+        await asyncio.sleep(0.1)  # add_slow holds the lock now
+        t0 = loop.time()
+        status, value, _ = await call(http, base + "/get")
+        shared_latency = loop.time() - t0
+        exclusive = asyncio.create_task(call(http, base + "/add", 100))
+        assert status == 200
+        assert shared_latency < 0.3, "a shared handler waited for the exclusive lock"
+        assert value in (1, 11)  # reads committed state only: before add_slow's journal is applied, or after
+        assert (await slow)[1] == 11
+        assert (await exclusive)[1] == 111  # the exclusive call queued behind add_slow

@@ -69,6 +69,19 @@ async def get(ctx: ObjectSharedContext) -> int:
     return (await ctx.get("count", type_hint=int)) or 0
 
 
+async def _pause() -> None:
+    await asyncio.sleep(0.5)
+
+
+@counter.handler()
+async def add_slow(ctx: ObjectContext, n: int) -> int:
+    """Adds, then holds the key's lock for 0.5 s inside a ctx.run (shared handlers must not wait for it)."""
+    count = (await ctx.get("count", type_hint=int)) or 0
+    ctx.set("count", count + n)
+    await ctx.run_typed("pause", _pause)
+    return count + n
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Steps
 # --------------------------------------------------------------------------------------------------------------
