@@ -12,7 +12,7 @@ from tests.services.fixtures import running_deployment, start_deployment
 
 EXPECTED = {
     "Greeter": ("SERVICE", {"greet"}),
-    "Counter": ("VIRTUAL_OBJECT", {"add", "add_logged", "reset", "get"}),
+    "Counter": ("VIRTUAL_OBJECT", {"add", "add_logged", "add_slow", "reset", "get"}),
     "Steps": ("SERVICE", {"one", "three", "nine"}),
     "Boom": ("SERVICE", {"teapot"}),
     "Flaky": ("SERVICE", {"fail_twice", "always_fails"}),
