@@ -44,6 +44,12 @@ class Handler:
     output: dict[str, Any]
     public: bool
     documentation: str | None = None
+    # Handler-level options of the manifest; None: the service's value applies.
+    idempotency_retention_ms: int | None = None
+    journal_retention_ms: int | None = None
+    workflow_completion_retention_ms: int | None = None
+    inactivity_timeout_ms: int | None = None
+    abort_timeout_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +75,12 @@ class Service:
     @property
     def keyed(self) -> bool:
         return self.ty != ServiceType.SERVICE
+
+    def option_ms(self, handler: str, name: str) -> int | None:
+        """A handler's option (e.g. ``idempotency_retention_ms``), falling back to the service's."""
+        h = self.handlers.get(handler)
+        value: int | None = getattr(h, name) if h is not None else None
+        return value if value is not None else getattr(self, name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,6 +192,11 @@ def service_from_row(raw: bytes) -> Service:
             output=h.get("output") or {},
             public=row["public"] and not h.get("ingressPrivate", False),
             documentation=h.get("documentation"),
+            idempotency_retention_ms=h.get("idempotencyRetention"),
+            journal_retention_ms=h.get("journalRetention"),
+            workflow_completion_retention_ms=h.get("workflowCompletionRetention"),
+            inactivity_timeout_ms=h.get("inactivityTimeout"),
+            abort_timeout_ms=h.get("abortTimeout"),
         )
     return Service(
         name=m["name"],

@@ -177,14 +177,16 @@ class _Ingress:
         else:
             inv = random_invocation_id()
         cfg = engine.config.invocation
-        journal_ms = service.journal_retention_ms
+        journal_ms = service.option_ms(handler.name, "journal_retention_ms")
         if journal_ms is None:
             journal_ms = int(cfg.default_journal_retention.total_seconds() * 1000)
         completion_ms = 0
         if idempotency_key is not None:
-            completion_ms = service.idempotency_retention_ms or int(
+            completion_ms = service.option_ms(handler.name, "idempotency_retention_ms") or int(
                 cfg.default_idempotency_retention.total_seconds() * 1000
             )
+            # Restate: an idempotent invocation's journal is kept no longer than its completion.
+            journal_ms = min(journal_ms, completion_ms)
         token = uuid.uuid4().hex
         waiter = engine.register_waiter(token)
         record = Invoke(

@@ -253,10 +253,13 @@ class Invoker:
         service = self._registry.service(st.target.service)
         inactivity = self._config.invoker.inactivity_timeout.total_seconds()
         abort = self._config.invoker.abort_timeout.total_seconds()
-        if service is not None and service.inactivity_timeout_ms is not None:
-            inactivity = service.inactivity_timeout_ms / 1000
-        if service is not None and service.abort_timeout_ms is not None:
-            abort = service.abort_timeout_ms / 1000
+        if service is not None:
+            declared = service.option_ms(st.target.handler, "inactivity_timeout_ms")
+            if declared is not None:
+                inactivity = declared / 1000
+            declared = service.option_ms(st.target.handler, "abort_timeout_ms")
+            if declared is not None:
+                abort = declared / 1000
 
         request = AttemptRequest(service=st.target.service, handler=st.target.handler, headers=tuple(headers))
         stream: AttemptStream | None = None

@@ -98,7 +98,7 @@ async def test_admin_rejects_bad_deployments(engine_factory: EngineFactory, http
 async def fake_deployment(deployment: DeploymentProcess, http: aiohttp.ClientSession) -> AsyncIterator[dict[str, str]]:
     """A deployment that serves the real manifest but answers invocations with garbage or not at all."""
     async with http.get(
-        deployment.url + "/discover", headers={"accept": "application/vnd.restate.endpointmanifest.v3+json"}
+        deployment.url + "/discover", headers={"accept": "application/vnd.restate.endpointmanifest.v4+json"}
     ) as resp:
         manifest = await resp.read()
         manifest_type = resp.headers["content-type"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from datetime import timedelta
 
 import restate
 from restate import Context, ObjectContext, ObjectSharedContext, TerminalError
@@ -208,7 +209,73 @@ async def hang(ctx: Context) -> None:
     await ctx.run_typed("hang", _sleep_forever)
 
 
-SERVICES: list[restate.Service | restate.VirtualObject] = [greeter, counter, steps, boom, flaky, state_ops, slow]
-SERVICE_NAMES = ["Greeter", "Counter", "Steps", "Boom", "Flaky", "StateOps", "Slow"]
+# --------------------------------------------------------------------------------------------------------------
+# Service options declared in the manifest: retry policy, idempotency retention, lazy state, private ingress
+# --------------------------------------------------------------------------------------------------------------
+
+limited = restate.Service(
+    "Limited",
+    invocation_retry_policy=restate.InvocationRetryPolicy(
+        initial_interval=timedelta(milliseconds=10), max_attempts=2, on_max_attempts="pause"
+    ),
+)
+
+
+@limited.handler(name="always_fails")
+async def limited_always_fails(ctx: Context) -> None:
+    raise ValueError("Limited.always_fails fails on purpose")
+
+
+@limited.handler(invocation_retry_policy=restate.InvocationRetryPolicy(max_attempts=4, on_max_attempts="kill"))
+async def killed_after_four(ctx: Context) -> None:
+    raise ValueError("Limited.killed_after_four fails on purpose")
+
+
+short_memory = restate.VirtualObject("ShortMemory", idempotency_retention=timedelta(seconds=1))
+
+
+@short_memory.handler()
+async def bump(ctx: ObjectContext) -> int:
+    count = ((await ctx.get("count", type_hint=int)) or 0) + 1
+    ctx.set("count", count)
+    return count
+
+
+lazy = restate.VirtualObject("LazyStore", enable_lazy_state=True)
+
+
+@lazy.handler(name="set")
+async def lazy_set(ctx: ObjectContext, kv: dict[str, str]) -> None:
+    for k, v in kv.items():
+        ctx.set(k, v)
+
+
+@lazy.handler()
+async def take(ctx: ObjectContext, name: str) -> str | None:
+    """Lazy get, then clear: reads go to the engine (GetLazyState + notification)."""
+    value = await ctx.get(name, type_hint=str)
+    ctx.clear(name)
+    return value
+
+
+@lazy.handler(kind="shared")
+async def keys(ctx: ObjectSharedContext) -> list[str]:
+    return sorted(await ctx.state_keys())
+
+
+hidden = restate.Service("Hidden", ingress_private=True)
+
+
+@hidden.handler()
+async def secret(ctx: Context) -> str:
+    return "only callable from other services"
+
+
+SERVICES: list[restate.Service | restate.VirtualObject] = [
+    greeter, counter, steps, boom, flaky, state_ops, slow, limited, short_memory, lazy, hidden,
+]  # fmt: skip
+SERVICE_NAMES = [
+    "Greeter", "Counter", "Steps", "Boom", "Flaky", "StateOps", "Slow", "Limited", "ShortMemory", "LazyStore", "Hidden",
+]  # fmt: skip
 
 app = restate.app(services=SERVICES)

@@ -18,6 +18,10 @@ EXPECTED = {
     "Flaky": ("SERVICE", {"fail_twice", "always_fails"}),
     "StateOps": ("VIRTUAL_OBJECT", {"set", "clear", "clear_all", "get_all"}),
     "Slow": ("SERVICE", {"hang"}),
+    "Limited": ("SERVICE", {"always_fails", "killed_after_four"}),
+    "ShortMemory": ("VIRTUAL_OBJECT", {"bump"}),
+    "LazyStore": ("VIRTUAL_OBJECT", {"set", "take", "keys"}),
+    "Hidden": ("SERVICE", {"secret"}),
 }
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -36,11 +40,11 @@ def test_discover_lists_all_services() -> None:
     try:
         assert dep.url.startswith("http://127.0.0.1:")
         req = urllib.request.Request(
-            f"{dep.url}/discover", headers={"accept": "application/vnd.restate.endpointmanifest.v3+json"}
+            f"{dep.url}/discover", headers={"accept": "application/vnd.restate.endpointmanifest.v4+json"}
         )
         with _OPENER.open(req, timeout=10) as resp:
             assert resp.status == 200
-            assert resp.headers["content-type"] == "application/vnd.restate.endpointmanifest.v3+json"
+            assert resp.headers["content-type"] == "application/vnd.restate.endpointmanifest.v4+json"
             manifest = json.loads(resp.read())
     finally:
         dep.stop()
