@@ -101,3 +101,45 @@ async def test_sigkill_under_load_loses_and_duplicates_nothing(tmp_path: Path, d
                 assert sorted(values) == list(range(1, expected[key] + 1)), key
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("transport", ["http", "asgi"])
+async def test_running_invocations_resume_after_sigkill(
+    tmp_path: Path, deployment: DeploymentProcess, transport: str
+) -> None:
+    """Invocations caught mid-attempt by a SIGKILL are resumed at restart and complete exactly once."""
+    extra = ["--app", "tests.services.app:app"] if transport == "asgi" else []
+    server = CapstanProcess(tmp_path / "data", extra_args=extra)
+    server.start()
+    try:
+        # force_close: pooled keep-alive connections to the killed process must not be reused after restart
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            if transport == "http":
+                await _register(http, server.admin_url, deployment.url)
+            for i in range(5):  # each holds its key's lock for 0.5 s inside a ctx.run
+                async with http.post(
+                    f"{server.ingress_url}/Counter/resume{i}/add_slow/send",
+                    data="1",
+                    headers={"content-type": "application/json"},
+                ) as resp:
+                    assert resp.status == 202
+            await asyncio.sleep(0.2)
+            server.kill()
+            server.start()
+            for i in range(5):
+                for _ in range(100):
+                    async with http.post(f"{server.ingress_url}/Counter/resume{i}/get") as resp:
+                        value = int(await resp.text())
+                    if value:
+                        break
+                    await asyncio.sleep(0.05)
+                assert value == 1
+                # the key's lock was released: an exclusive call goes through
+                async with http.post(
+                    f"{server.ingress_url}/Counter/resume{i}/add",
+                    data="1",
+                    headers={"content-type": "application/json"},
+                ) as resp:
+                    assert resp.status == 200 and int(await resp.text()) == 2
+    finally:
+        server.stop()
