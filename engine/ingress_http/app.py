@@ -7,7 +7,6 @@ result; a send answers 202 once the invocation is durable. Errors use Restate's 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import urllib.parse
@@ -60,9 +59,7 @@ class _Ingress:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self._in_flight >= self.cfg.concurrent_requests_limit:
-            return error_response(
-                429, "too many concurrent requests", headers={"retry-after": RETRY_AFTER_SECONDS}
-            )
+            return error_response(429, "too many concurrent requests", headers={"retry-after": RETRY_AFTER_SECONDS})
         self._in_flight += 1
         try:
             return await self._route(request)
@@ -211,6 +208,8 @@ class _Ingress:
         id_header = {"x-restate-id": str(inv)}
         try:
             try:
+                if engine.invoker.overloaded():
+                    raise OverloadedError("the invoker's queue is full")
                 applied = engine.propose(record)
             except OverloadedError:
                 return error_response(
@@ -292,6 +291,3 @@ def _validate_input(handler: Handler, content_type: str | None, body: bytes) -> 
     if spec.get("jsonSchema") is not None and not body and required:
         return "the handler requires a non-empty body"
     return None
-
-
-_ = asyncio  # keep the import for type checkers of waiters

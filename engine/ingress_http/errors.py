@@ -25,9 +25,7 @@ def error_response(
     out = {"x-restate-error-source": source}
     if headers:
         out.update(headers)
-    return web.Response(
-        status=status, body=json.dumps(body).encode(), content_type="application/json", headers=out
-    )
+    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=out)
 
 
 def failure_response(failure: Failure, *, headers: Mapping[str, str] | None = None) -> web.Response:

@@ -144,6 +144,11 @@ class Invoker:
         if attempt is not None and attempt.epoch == effect.epoch:
             attempt.notifications.put_nowait(effect)
 
+    def overloaded(self) -> bool:
+        """More attempts wait for a concurrency slot than ``invoker.queue_limit``: new work should be shed
+        (ingress answers 503 + Retry-After; Kafka pauses partitions) until the backlog drains."""
+        return len(self._tasks) - len(self._attempts) > self._config.invoker.queue_limit
+
     def statistics(self) -> InvokerStatistics:
         return InvokerStatistics(
             running=len(self._attempts),
@@ -202,9 +207,7 @@ class Invoker:
         self._failed += 1
         logger.debug("attempt %s/%d failed: %s %s", InvocationId.from_bytes(inv), epoch, code, message)
         return _AttemptOutcome(
-            AttemptFailed(
-                invocation_id=inv, epoch=epoch, code=code, message=message, now_ms=_now_ms(), **extra
-            )
+            AttemptFailed(invocation_id=inv, epoch=epoch, code=code, message=message, now_ms=_now_ms(), **extra)
         )
 
     async def _drive(self, invocation_id: InvocationId, attempt: _Attempt, loaded: _Loaded) -> list[Record]:
@@ -220,9 +223,7 @@ class Invoker:
             self._config.invoker.max_protocol_version,
         )
         if version is None:
-            raise self._fail(
-                inv, epoch, 400, f"deployment {deployment.id} supports no protocol version we speak"
-            )
+            raise self._fail(inv, epoch, 400, f"deployment {deployment.id} supports no protocol version we speak")
         ctype = content_type(version)
         transport = self._transport_for(deployment)
         duplex = transport.duplex
@@ -270,18 +271,14 @@ class Invoker:
                 async with asyncio.timeout(abort):
                     stream = await transport.start_attempt(request, bytes(body), keep_open=duplex)
             except TimeoutError:
-                raise self._fail(
-                    inv, epoch, 504, "timed out waiting for the deployment's response headers"
-                ) from None
+                raise self._fail(inv, epoch, 504, "timed out waiting for the deployment's response headers") from None
             except (DeploymentError, ProtocolError) as exc:
                 raise self._fail(inv, epoch, 503, str(exc)) from exc
             if stream.status != 200:
                 raise self._fail(inv, epoch, stream.status, _status_message(stream.status))
             got = stream.headers.get("content-type", "")
             if got.split(";")[0].strip() != ctype:
-                raise self._fail(
-                    inv, epoch, 415, f"the deployment answered content-type {got!r}, expected {ctype!r}"
-                )
+                raise self._fail(inv, epoch, 415, f"the deployment answered content-type {got!r}, expected {ctype!r}")
             if stream.duplex:
                 attempt.ready = True
                 pusher = asyncio.create_task(self._push_notifications(stream, attempt))
@@ -339,9 +336,7 @@ class Invoker:
                     pass
                 await stream.aclose()
 
-    def _on_frame(
-        self, inv: bytes, epoch: int, ty: int, body: bytes, entries: list[JournalEntry]
-    ) -> Record | None:
+    def _on_frame(self, inv: bytes, epoch: int, ty: int, body: bytes, entries: list[JournalEntry]) -> Record | None:
         now = _now_ms()
         if is_command(ty) or ty == MessageType.PROPOSE_RUN_COMPLETION:
             entries.append(JournalEntry(ty=ty, body=body))
@@ -384,9 +379,7 @@ class Invoker:
                 related_command_index=(
                     int(err.related_command_index) if err.HasField("related_command_index") else None
                 ),
-                related_command_name=(
-                    str(err.related_command_name) if err.HasField("related_command_name") else None
-                ),
+                related_command_name=(str(err.related_command_name) if err.HasField("related_command_name") else None),
                 now_ms=now,
             )
         if ty == MessageType.AWAITING_ON:
@@ -427,9 +420,7 @@ class Invoker:
             await asyncio.gather(*futures)
         except LogError as exc:
             # Not durable: the invocation stays as it was; recovery (or the next effect) retries it.
-            logger.error(
-                "could not persist the outcome of an attempt of %s: %s", InvocationId.from_bytes(inv), exc
-            )
+            logger.error("could not persist the outcome of an attempt of %s: %s", InvocationId.from_bytes(inv), exc)
 
     async def _push_notifications(self, stream: AttemptStream, attempt: _Attempt) -> None:
         while True:

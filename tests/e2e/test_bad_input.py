@@ -151,3 +151,40 @@ async def test_garbage_and_hanging_deployments(
         assert st.status in (Status.BACKING_OFF, Status.INVOKED)
         async with http.get(engine.admin_url + "/health") as resp:
             assert resp.status == 200
+
+
+async def test_overload_is_shed_with_retry_after(
+    engine_factory: EngineFactory, deployment: DeploymentProcess, http: aiohttp.ClientSession
+) -> None:
+    # one concurrent ingress request at most: a second one while the first waits gets 429
+    overrides = {"ingress_http": {"concurrent_requests_limit": 1}}
+    async with engine_with_services(engine_factory, "http", deployment, http, **overrides) as engine:
+        slow = asyncio.create_task(http.post(engine.ingress_url + "/Counter/busy/add_slow", json=1))
+        await asyncio.sleep(0.1)
+        async with http.post(engine.ingress_url + "/Counter/busy/get") as resp:
+            assert resp.status == 429
+            assert resp.headers["retry-after"]
+            assert (await resp.json())["message"] == "too many concurrent requests"
+        resp = await slow
+        assert resp.status == 200 and await resp.json() == 1
+        resp.release()
+    # invoker backlog: one attempt at a time, at most one waiting; more new work is shed with 503
+    overrides = {"invoker": {"concurrency_limit": 1, "queue_limit": 1}}
+    async with engine_with_services(engine_factory, "http", deployment, http, **overrides) as engine:
+        statuses = []
+        for i in range(6):
+            async with http.post(engine.ingress_url + f"/Counter/b{i}/add_slow/send", json=1) as resp:
+                statuses.append(resp.status)
+                if resp.status == 503:
+                    assert resp.headers["retry-after"]
+        assert statuses[:2] == [202, 202] and 503 in statuses
+        accepted = statuses.count(202)
+        for _ in range(200):  # nothing accepted is lost: every accepted send completes
+            done = 0
+            for i in range(6):
+                async with http.post(engine.ingress_url + f"/Counter/b{i}/get") as resp:
+                    done += (await resp.json()) == 1
+            if done == accepted:
+                break
+            await asyncio.sleep(0.05)
+        assert done == accepted
