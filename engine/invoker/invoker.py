@@ -292,7 +292,7 @@ class Invoker:
                         chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     if entries:
-                        self._flush(inv, epoch, entries)
+                        await self._flush(inv, epoch, entries)
                     raise self._fail(
                         inv, epoch, 500, "the deployment closed the stream without End, Suspension or Error"
                     ) from None
@@ -304,28 +304,28 @@ class Invoker:
                         await stream.end_request()
                         continue
                     if entries:
-                        self._flush(inv, epoch, entries)
+                        await self._flush(inv, epoch, entries)
                     raise self._fail(
                         inv, epoch, 504, f"the attempt made no progress for {deadline:g}s (abort timeout)"
                     ) from None
                 except (DeploymentError, ProtocolError, aiohttp.ClientError, OSError) as exc:
                     if entries:
-                        self._flush(inv, epoch, entries)
+                        await self._flush(inv, epoch, entries)
                     raise self._fail(inv, epoch, 503, f"the deployment connection failed: {exc}") from exc
                 try:
                     frames = decoder.feed(chunk)
                 except ProtocolError as exc:
                     if entries:
-                        self._flush(inv, epoch, entries)
+                        await self._flush(inv, epoch, entries)
                     raise self._fail(inv, epoch, 571, f"bad frame from the deployment: {exc}") from exc
                 for frame in frames:
                     outcome = self._on_frame(inv, epoch, frame.type, frame.body, entries)
                     if outcome is not None:
                         if entries:
-                            self._flush(inv, epoch, entries)
+                            await self._flush(inv, epoch, entries)
                         raise _AttemptOutcome(outcome)
                 if entries and stream.duplex:
-                    self._flush(inv, epoch, entries)
+                    await self._flush(inv, epoch, entries)
         finally:
             if pusher is not None:
                 pusher.cancel()
@@ -386,36 +386,22 @@ class Invoker:
             return None
         raise self._fail(inv, epoch, 571, f"unexpected message type 0x{ty:04x} from the deployment")
 
-    def _flush(self, inv: bytes, epoch: int, entries: list[JournalEntry]) -> None:
+    async def _flush(self, inv: bytes, epoch: int, entries: list[JournalEntry]) -> None:
         record = AppendEntries(invocation_id=inv, epoch=epoch, entries=tuple(entries), now_ms=_now_ms())
         entries.clear()
-        self._propose_retrying(inv, record)
+        await self._propose_in_order(inv, record)
 
-    def _propose_retrying(self, inv: bytes, record: Record) -> asyncio.Future[int]:
-        try:
-            return self._propose(inv, record)
-        except OverloadedError:
-            # The attempt's records must keep their order: wait for room rather than drop.
-            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-            async def later() -> None:
-                while True:
-                    await asyncio.sleep(0.005)
-                    try:
-                        inner = self._propose(inv, record)
-                    except OverloadedError:
-                        continue
-                    try:
-                        fut.set_result(await inner)
-                    except Exception as exc:
-                        fut.set_exception(exc)
-                    return
-
-            asyncio.get_running_loop().create_task(later())
-            return fut
+    async def _propose_in_order(self, inv: bytes, record: Record) -> asyncio.Future[int]:
+        """Enqueue ``record`` behind everything this attempt proposed before (a full log makes the attempt wait
+        here, which is its backpressure). Returns the future of its application."""
+        while True:
+            try:
+                return self._propose(inv, record)
+            except OverloadedError:
+                await asyncio.sleep(0.005)
 
     async def _propose_all(self, inv: bytes, records: Iterable[Record]) -> None:
-        futures = [self._propose_retrying(inv, r) for r in records]
+        futures = [await self._propose_in_order(inv, r) for r in records]
         try:
             await asyncio.gather(*futures)
         except LogError as exc:

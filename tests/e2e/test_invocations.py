@@ -206,3 +206,22 @@ async def test_shared_handlers_do_not_wait_for_the_lock(
         assert value in (1, 11)  # reads committed state only: before add_slow's journal is applied, or after
         assert (await slow)[1] == 11
         assert (await exclusive)[1] == 111  # the exclusive call queued behind add_slow
+
+
+async def test_log_is_truncated_once_state_is_durable(
+    engine_factory: EngineFactory, deployment: DeploymentProcess, http: aiohttp.ClientSession
+) -> None:
+    overrides = {
+        "storage": {"truncate_every_records": 5},
+        "log": {"segment_size_bytes": 4096},
+        "num_partitions": 1,
+    }
+    async with engine_with_services(engine_factory, "asgi", deployment, http, **overrides) as engine:
+        for i in range(60):
+            assert (await call(http, engine.ingress_url + "/Counter/trunc/add", 1))[1] == i + 1
+        stats = engine.partitions[0]._log.statistics()
+        assert stats.first_lsn > 1, "old segments were not deleted"
+        assert stats.segments < stats.last_lsn // 5
+    async with engine_factory(app="tests.services.app:app", **overrides) as engine:
+        assert (await call(http, engine.ingress_url + "/Counter/trunc/get"))[1] == 60
+        assert (await call(http, engine.ingress_url + "/Counter/trunc/add", 1))[1] == 61
