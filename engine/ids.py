@@ -110,9 +110,7 @@ class InvocationId:
         # Restate's byte-order trap: the big-endian bytes are read back as little-endian integers.
         pk = int.from_bytes(self.partition_key.to_bytes(8, "big"), "little")
         uuid = int.from_bytes(self.uuid, "little")
-        return (
-            INVOCATION_ID_PREFIX + _ID_VERSION + _b62_encode(pk, _PK_CHARS) + _b62_encode(uuid, _UUID_CHARS)
-        )
+        return INVOCATION_ID_PREFIX + _ID_VERSION + _b62_encode(pk, _PK_CHARS) + _b62_encode(uuid, _UUID_CHARS)
 
     def __repr__(self) -> str:
         return f"InvocationId({self})"
@@ -155,9 +153,7 @@ def workflow_invocation_id(service: str, key: str) -> InvocationId:
     return InvocationId(partition_key=partition_key_for_key(key), uuid=_sha_uuid("wf", service, key))
 
 
-def idempotent_invocation_id(
-    service: str, key: str | None, handler: str, idempotency_key: str
-) -> InvocationId:
+def idempotent_invocation_id(service: str, key: str | None, handler: str, idempotency_key: str) -> InvocationId:
     """Deterministic id of a request carrying an idempotency key.
 
     Keyed targets (``key`` not None) take the partition key from the object key, unkeyed ones from the
@@ -213,9 +209,7 @@ def parse_awakeable_id(s: str) -> tuple[InvocationId, int, bool]:
     elif s.startswith(LEGACY_AWAKEABLE_PREFIX):
         legacy = True
     else:
-        raise ValueError(
-            f"awakeable id must start with {AWAKEABLE_PREFIX!r} or {LEGACY_AWAKEABLE_PREFIX!r}: {s!r}"
-        )
+        raise ValueError(f"awakeable id must start with {AWAKEABLE_PREFIX!r} or {LEGACY_AWAKEABLE_PREFIX!r}: {s!r}")
     body = s[len(AWAKEABLE_PREFIX) :]
     payload = body.rstrip("=")
     padding = -len(payload) % 4
@@ -232,8 +226,4 @@ def parse_awakeable_id(s: str) -> tuple[InvocationId, int, bool]:
 
 def new_deployment_id() -> str:
     """A fresh ``dp_1…`` deployment id: base62 of a 128-bit ULID with Restate's byte swap (26 chars)."""
-    return (
-        _DEPLOYMENT_ID_PREFIX
-        + _ID_VERSION
-        + _b62_encode(int.from_bytes(_ulid_bytes(), "little"), _UUID_CHARS)
-    )
+    return _DEPLOYMENT_ID_PREFIX + _ID_VERSION + _b62_encode(int.from_bytes(_ulid_bytes(), "little"), _UUID_CHARS)

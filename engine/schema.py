@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.partition.types import HandlerType, ServiceType
+from engine.partition.types import HandlerType, RetentionPolicy, ServiceType
 
 SERVICE_TY = {
     "SERVICE": ServiceType.SERVICE,
@@ -285,3 +285,28 @@ def registration_records(
         revision = 1 if current is None else current.revision + 1
         rows.append((f"service/{svc['name']}", service_row(svc, deployment_id=dep.id, revision=revision)))
     return dep, rows
+
+
+def retention_policy(
+    *,
+    service: Service,
+    handler: str,
+    idempotent: bool,
+    default_journal_ms: int,
+    default_idempotency_ms: int,
+    default_workflow_ms: int,
+) -> RetentionPolicy:
+    """Restate's rule: a workflow ``run`` or an idempotent invocation keeps its completion for the workflow /
+    idempotency retention and its journal no longer than that; otherwise both follow the journal retention."""
+    journal = service.option_ms(handler, "journal_retention_ms")
+    journal_ms = default_journal_ms if journal is None else journal
+    h = service.handlers.get(handler)
+    if h is not None and h.ty == HandlerType.WORKFLOW:
+        completion = service.option_ms(handler, "workflow_completion_retention_ms")
+        completion_ms = default_workflow_ms if completion is None else completion
+        return RetentionPolicy(completion_ms=completion_ms, journal_ms=min(journal_ms, completion_ms))
+    if idempotent:
+        completion = service.option_ms(handler, "idempotency_retention_ms")
+        completion_ms = default_idempotency_ms if completion is None else completion
+        return RetentionPolicy(completion_ms=completion_ms, journal_ms=min(journal_ms, completion_ms))
+    return RetentionPolicy(completion_ms=0, journal_ms=journal_ms)

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,18 +21,33 @@ import aiohttp
 from aiohttp import web
 
 from engine.config import EngineConfig, split_address
-from engine.errors import ConfigError, DeploymentError
+from engine.errors import ConfigError, DeploymentError, LogError, OverloadedError
 from engine.ids import InvocationId, partition_for
 from engine.invoker.invoker import Invoker
 from engine.invoker.transport import Transport
 from engine.invoker.transport_asgi import AsgiApp, AsgiTransport, load_asgi_app
 from engine.invoker.transport_http import HttpTransport, open_http_session
-from engine.partition.effects import Effect, MetadataChanged, Notify, Reply, SendAccepted, StartAttempt
+from engine.partition.effects import (
+    AbortAttempt,
+    Effect,
+    MetadataChanged,
+    Notify,
+    NotReady,
+    Outcome,
+    Reply,
+    ScheduleTimer,
+    SendAccepted,
+    SendOutbox,
+    StartAttempt,
+)
 from engine.partition.partition import Partition
-from engine.partition.types import Cleanup, Invoke, PutMetadata, Record, Result
+from engine.partition.shuffler import Shuffler
+from engine.partition.types import Cleanup, FireTimer, Invoke, PutMetadata, Record, Result, Routed
 from engine.schema import Deployment, SchemaRegistry
 from engine.storage import keys
 from engine.storage.store import Store
+from engine.timers.clock import Clock, SystemClock
+from engine.timers.service import TimerService
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +57,16 @@ ASGI_SCHEME = "asgi://"
 class Engine:
     """A running Capstan node. Build with :meth:`open`, stop with :meth:`aclose`."""
 
-    def __init__(self, config: EngineConfig, store: Store) -> None:
+    def __init__(self, config: EngineConfig, store: Store, clock: Clock | None = None) -> None:
         self.config = config
         self.store = store
+        self.clock: Clock = clock or SystemClock()
+        self.timers = TimerService(self.clock, self._fire_timer)
+        self.shufflers: list[Shuffler] = []
         self.registry = SchemaRegistry()
         self.partitions: list[Partition] = []
         self.asgi_apps: dict[str, AsgiApp] = {}
-        self._waiters: dict[str, asyncio.Future[Result | SendAccepted]] = {}
+        self._waiters: dict[str, asyncio.Future[Result | SendAccepted | Outcome | NotReady]] = {}
         self._transports: dict[str, Transport] = {}
         self._http_session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -89,6 +106,10 @@ class Engine:
             self.registry.apply(key[len(keys.METADATA) :].decode(), value)
         for p in self.partitions:
             self._tasks.append(asyncio.create_task(self._run_partition(p), name=f"partition-{p.id}"))
+            shuffler = Shuffler(p.id, self._route)
+            self.shufflers.append(shuffler)
+            self._tasks.append(asyncio.create_task(shuffler.run(), name=f"shuffler-{p.id}"))
+        self._tasks.append(asyncio.create_task(self.timers.run(), name="timers"))
         self._tasks.append(asyncio.create_task(self._cleanup_loop(), name="retention-cleanup"))
         for pid, effects in recovered:
             if effects:
@@ -207,9 +228,8 @@ class Engine:
     # Used by ingress / admin / invoker
     # ------------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def now_ms() -> int:
-        return int(time.time() * 1000)
+    def now_ms(self) -> int:
+        return self.clock.now_ms()
 
     def partition_of(self, invocation_id: bytes) -> Partition:
         pk = InvocationId.from_bytes(invocation_id).partition_key
@@ -221,13 +241,32 @@ class Engine:
     def propose_to(self, invocation_id: bytes, record: Record) -> asyncio.Future[int]:
         return self.partition_of(invocation_id).propose_nowait(record)
 
+    def propose_routed(self, record: Routed) -> asyncio.Future[int]:
+        """Propose a record to the partition that owns its invocation (ingress and admin use this)."""
+        return self.partition_of(record.invocation_id).propose_nowait(record)
+
+    def _route(self, invocation_id: bytes | None, partition: int | None, record: Record) -> asyncio.Future[int]:
+        if invocation_id is not None:
+            return self.propose_to(invocation_id, record)
+        assert partition is not None
+        return self.partitions[partition].propose_nowait(record)
+
+    def _fire_timer(self, key: bytes) -> bool:
+        try:
+            self.propose_to(key[9:33], FireTimer(key=key))
+        except OverloadedError:
+            return False
+        except LogError:
+            return False
+        return True
+
     async def propose_metadata(self, records: Sequence[PutMetadata]) -> None:
         p0 = self.partitions[0]
         futures = [p0.propose_nowait(r) for r in records]
         await asyncio.gather(*futures)
 
-    def register_waiter(self, token: str) -> asyncio.Future[Result | SendAccepted]:
-        fut: asyncio.Future[Result | SendAccepted] = asyncio.get_running_loop().create_future()
+    def register_waiter(self, token: str) -> asyncio.Future[Result | SendAccepted | Outcome | NotReady]:
+        fut: asyncio.Future[Result | SendAccepted | Outcome | NotReady] = asyncio.get_running_loop().create_future()
         self._waiters[token] = fut
         return fut
 
@@ -270,6 +309,12 @@ class Engine:
                     fut = self._waiters.get(effect.token)
                     if fut is not None and not fut.done():
                         fut.set_result(effect.result)
+                case SendOutbox():
+                    self.shufflers[effect.partition].send(effect)
+                case ScheduleTimer():
+                    self.timers.schedule(effect.wake_ms, effect.key)
+                case AbortAttempt():
+                    self.invoker.abort(effect.invocation_id)
                 case MetadataChanged():
                     self.registry.apply(effect.key, effect.value)
                     kind, _, name = effect.key.partition("/")

@@ -37,16 +37,12 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": {
                     "required": True,
                     "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/RegisterDeploymentRequest"}
-                        }
+                        "application/json": {"schema": {"$ref": "#/components/schemas/RegisterDeploymentRequest"}}
                     },
                 },
                 "responses": {
                     "201": _ok("Registered", "Deployment"),
-                    "200": _ok(
-                        "Already registered with the same manifest, or overwritten with force", "Deployment"
-                    ),
+                    "200": _ok("Already registered with the same manifest, or overwritten with force", "Deployment"),
                     "400": _error("Bad request body, bad uri, or the endpoint is not a valid deployment"),
                     "409": _error(
                         "Same uri registered with a different manifest (use force), or a service type change"
@@ -165,9 +161,7 @@ OPENAPI: dict[str, Any] = {
             },
             "DeploymentList": {
                 "type": "object",
-                "properties": {
-                    "deployments": {"type": "array", "items": {"$ref": "#/components/schemas/Deployment"}}
-                },
+                "properties": {"deployments": {"type": "array", "items": {"$ref": "#/components/schemas/Deployment"}}},
             },
             "Service": {
                 "type": "object",
@@ -186,9 +180,7 @@ OPENAPI: dict[str, Any] = {
             },
             "ServiceList": {
                 "type": "object",
-                "properties": {
-                    "services": {"type": "array", "items": {"$ref": "#/components/schemas/Service"}}
-                },
+                "properties": {"services": {"type": "array", "items": {"$ref": "#/components/schemas/Service"}}},
             },
         }
     },

@@ -7,6 +7,8 @@ result; a send answers 202 once the invocation is durable. Errors use Restate's 
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import json
 import logging
 import urllib.parse
@@ -19,21 +21,28 @@ from engine.errors import LogError, OverloadedError
 from engine.ids import (
     InvocationId,
     idempotent_invocation_id,
+    parse_awakeable_id,
     partition_key_for_key,
     random_invocation_id,
+    workflow_invocation_id,
 )
+from engine.ingress_http.durations import parse_delay_ms
 from engine.ingress_http.errors import error_response, failure_response
-from engine.partition.effects import SendAccepted
+from engine.invoker.protocol import messages
+from engine.invoker.protocol.framing import MessageType
+from engine.partition.effects import NotReady, Outcome, SendAccepted
 from engine.partition.types import (
+    AppendNotification,
+    AttachSink,
     HandlerType,
     Invoke,
+    JournalEntry,
     Result,
-    RetentionPolicy,
     ServiceType,
     Sink,
     Target,
 )
-from engine.schema import Handler, Service
+from engine.schema import Handler, Service, retention_policy
 
 if TYPE_CHECKING:
     from engine.server import Engine
@@ -77,11 +86,7 @@ class _Ingress:
         if not parts or parts == [""]:
             return error_response(404, "not found")
         if parts[0] == "restate":
-            if parts[1:] == ["health"]:
-                return web.json_response({"services": sorted(self.engine.registry.services)})
-            if len(parts) >= 3 and parts[1] in ("call", "send"):
-                return await self._invoke(request, parts[2:], send=parts[1] == "send")
-            return error_response(404, f"unknown route {raw}")
+            return await self._restate_route(request, parts[1:], raw)
         if raw.count("/") > 7:
             return error_response(400, f"bad path {raw!r}: too many segments")
         send = False
@@ -92,6 +97,136 @@ class _Ingress:
                 send = True
                 parts = parts[:-1]
         return await self._invoke(request, parts, send=send)
+
+    async def _restate_route(self, request: web.Request, parts: list[str], raw: str) -> web.StreamResponse:
+        n = len(parts)
+        head = parts[0] if parts else ""
+        if parts == ["health"]:
+            return web.json_response({"services": sorted(self.engine.registry.services)})
+        if n >= 2 and head in ("call", "send"):
+            return await self._invoke(request, parts[1:], send=head == "send")
+        if head in ("awakeables", "a") and n == 3 and parts[2] in ("resolve", "reject"):
+            return await self._complete_awakeable(request, parts[1], parts[2] == "resolve")
+        if head in ("attach", "output") and n == 2:
+            return await self._attach_by_id(request, parts[1], peek=head == "output")
+        if head in ("attach", "output", "lookup") and n == 1:
+            return await self._by_target(request, head)
+        if head == "invocation" and n == 3 and parts[2] in ("attach", "output"):
+            return await self._attach_by_id(request, parts[1], peek=parts[2] == "output")
+        if head == "invocation" and n in (5, 6) and parts[-1] in ("attach", "output"):
+            svc = self.engine.registry.service(parts[1])
+            if svc is None:
+                return error_response(404, f"service '{parts[1]}' not found")
+            key = parts[2] if n == 6 else None
+            if (key is not None) != svc.keyed:
+                return error_response(400, f"bad path: the key segment is required iff {svc.name} is keyed")
+            inv = idempotent_invocation_id(svc.name, key, parts[-3], parts[-2])
+            return await self._attach(request, inv, peek=parts[-1] == "output")
+        if head == "workflow" and n == 4 and parts[3] in ("attach", "output"):
+            return await self._attach(request, workflow_invocation_id(parts[1], parts[2]), peek=parts[3] == "output")
+        return error_response(404, f"unknown route {raw}")
+
+    # ------------------------------------------------------------------------------------------------------
+    # Attach / output / lookup
+    # ------------------------------------------------------------------------------------------------------
+
+    async def _attach_by_id(self, request: web.Request, text: str, *, peek: bool) -> web.StreamResponse:
+        try:
+            inv = InvocationId.parse(text)
+        except ValueError as exc:
+            return error_response(400, f"bad invocation id: {exc}")
+        return await self._attach(request, inv, peek=peek)
+
+    async def _by_target(self, request: web.Request, op: str) -> web.StreamResponse:
+        if request.method != "POST":
+            return error_response(405, f"use POST for /restate/{op}")
+        try:
+            body = json.loads(await request.read() or b"null")
+            inv = _target_id(body)
+        except (ValueError, KeyError, TypeError) as exc:
+            return error_response(400, f"bad target: {exc}")
+        if op == "lookup":
+            return web.json_response({"invocationId": str(inv)})
+        return await self._attach(request, inv, peek=op == "output")
+
+    async def _attach(self, request: web.Request, inv: InvocationId, *, peek: bool) -> web.StreamResponse:
+        if request.method not in ("GET", "POST"):
+            return error_response(405, f"method {request.method} not allowed")
+        token = uuid.uuid4().hex
+        waiter = self.engine.register_waiter(token)
+        try:
+            try:
+                await self.engine.propose_routed(
+                    AttachSink(invocation_id=inv.to_bytes(), sink=Sink(token=token), peek=peek)
+                )
+            except (OverloadedError, LogError) as exc:
+                return error_response(503, f"try again: {exc}", headers={"retry-after": RETRY_AFTER_SECONDS})
+            outcome = await waiter
+        finally:
+            self.engine.drop_waiter(token)
+        if isinstance(outcome, Outcome):
+            return error_response(outcome.status, outcome.message or "invocation not found")
+        if isinstance(outcome, NotReady):
+            return error_response(470, "the invocation exists but has not completed yet")
+        handler = await self._handler_of(inv)
+        return _respond(inv, handler, outcome, {"x-restate-id": str(inv)})
+
+    async def _handler_of(self, inv: InvocationId) -> Handler | None:
+        from engine import codec
+        from engine.storage import keys
+
+        raw = await asyncio.to_thread(self.engine.store.get, keys.status(inv.to_bytes()))
+        if raw is None:
+            return None
+        target = codec.decode(raw).target
+        service = self.engine.registry.service(target.service)
+        return None if service is None else service.handlers.get(target.handler)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Awakeables
+    # ------------------------------------------------------------------------------------------------------
+
+    async def _complete_awakeable(self, request: web.Request, awakeable: str, resolve: bool) -> web.StreamResponse:
+        if request.method != "POST":
+            return error_response(405, "use POST to complete an awakeable")
+        try:
+            inv, index, legacy = parse_awakeable_id(awakeable)
+        except ValueError as exc:
+            return error_response(400, f"bad awakeable id: {exc}")
+        if legacy:
+            return error_response(400, "legacy prom_1 awakeable ids are not supported")
+        body = await request.read()
+        if len(body) > self.cfg.request_size_limit_bytes:
+            return error_response(413, f"request body exceeds the limit of {self.cfg.request_size_limit_bytes} bytes")
+        note = (
+            messages.notification(signal_id=index, value=body)
+            if resolve
+            else messages.notification(signal_id=index, failure=(500, body.decode("utf-8", errors="replace")))
+        )
+        token = uuid.uuid4().hex
+        waiter = self.engine.register_waiter(token)
+        try:
+            try:
+                await self.engine.propose_routed(
+                    AppendNotification(
+                        invocation_id=inv.to_bytes(),
+                        entry=JournalEntry(ty=MessageType.SIGNAL_NOTIFICATION, body=note),
+                        signal_id=index,
+                        token=token,
+                    )
+                )
+            except (OverloadedError, LogError) as exc:
+                return error_response(503, f"try again: {exc}", headers={"retry-after": RETRY_AFTER_SECONDS})
+            outcome = await waiter
+        finally:
+            self.engine.drop_waiter(token)
+        if isinstance(outcome, Outcome) and outcome.status != 202:
+            return error_response(outcome.status, outcome.message)
+        return web.Response(status=202)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Invocations
+    # ------------------------------------------------------------------------------------------------------
 
     async def _invoke(self, request: web.Request, parts: list[str], *, send: bool) -> web.StreamResponse:
         if request.method not in ("GET", "POST"):
@@ -123,10 +258,15 @@ class _Ingress:
                 return error_response(
                     400, "cannot use the idempotency key with workflow handlers; the workflow id is the key"
                 )
-        if "delay" in {k.lower() for k in request.query}:
+        delay_ms = 0
+        delays = [v for k, v in request.query.items() if k.lower() == "delay"]
+        if delays:
             if not send:
                 return error_response(400, "cannot use the delay query parameter with calls")
-            return error_response(400, "delayed sends are not supported yet")
+            try:
+                delay_ms = parse_delay_ms(delays[0])
+            except ValueError as exc:
+                return error_response(400, str(exc))
         headers = [("x-restate-ingress-path", request.rel_url.raw_path_qs)]
         for k, v in request.headers.items():
             lk = k.lower()
@@ -154,7 +294,7 @@ class _Ingress:
         problem = _validate_input(handler, request.headers.get("content-type"), body)
         if problem is not None:
             return error_response(400, f"input validation error: {problem}")
-        return await self._submit(service, handler, key, body, tuple(headers), idempotency_key, send)
+        return await self._submit(service, handler, key, body, tuple(headers), idempotency_key, send, delay_ms)
 
     async def _submit(
         self,
@@ -165,25 +305,27 @@ class _Ingress:
         headers: tuple[tuple[str, str], ...],
         idempotency_key: str | None,
         send: bool,
+        delay_ms: int,
     ) -> web.StreamResponse:
         engine = self.engine
-        if idempotency_key is not None:
+        if handler.ty == HandlerType.WORKFLOW and key is not None:
+            inv = workflow_invocation_id(service.name, key)
+        elif idempotency_key is not None:
             inv = idempotent_invocation_id(service.name, key, handler.name, idempotency_key)
         elif key is not None:
             inv = random_invocation_id(partition_key_for_key(key))
         else:
             inv = random_invocation_id()
         cfg = engine.config.invocation
-        journal_ms = service.option_ms(handler.name, "journal_retention_ms")
-        if journal_ms is None:
-            journal_ms = int(cfg.default_journal_retention.total_seconds() * 1000)
-        completion_ms = 0
-        if idempotency_key is not None:
-            completion_ms = service.option_ms(handler.name, "idempotency_retention_ms") or int(
-                cfg.default_idempotency_retention.total_seconds() * 1000
-            )
-            # Restate: an idempotent invocation's journal is kept no longer than its completion.
-            journal_ms = min(journal_ms, completion_ms)
+        retention = retention_policy(
+            service=service,
+            handler=handler.name,
+            idempotent=idempotency_key is not None,
+            default_journal_ms=int(cfg.default_journal_retention.total_seconds() * 1000),
+            default_idempotency_ms=int(cfg.default_idempotency_retention.total_seconds() * 1000),
+            default_workflow_ms=int(cfg.default_workflow_completion_retention.total_seconds() * 1000),
+        )
+        now = engine.now_ms()
         token = uuid.uuid4().hex
         waiter = engine.register_waiter(token)
         record = Invoke(
@@ -201,8 +343,9 @@ class _Ingress:
             sink=Sink(token=token),
             one_way=send,
             deployment_id=service.deployment_id,
-            retention=RetentionPolicy(completion_ms=completion_ms, journal_ms=journal_ms),
-            now_ms=engine.now_ms(),
+            retention=retention,
+            execution_time_ms=now + delay_ms if delay_ms > 0 else 0,
+            now_ms=now,
             random_seed=int.from_bytes(uuid.uuid4().bytes[:8], "little"),
         )
         id_header = {"x-restate-id": str(inv)}
@@ -227,38 +370,63 @@ class _Ingress:
             outcome = await waiter
         finally:
             engine.drop_waiter(token)
-        return _respond(inv, handler, outcome, id_header, idempotency_key is not None)
+        if isinstance(outcome, SendAccepted) and delay_ms > 0 and not outcome.previously:
+            return _accepted(inv, outcome, id_header, execution_time_ms=now + delay_ms)
+        return _respond(inv, handler, outcome, id_header)
+
+
+def _accepted(
+    inv: InvocationId, outcome: SendAccepted, headers: dict[str, str], *, execution_time_ms: int = 0
+) -> web.StreamResponse:
+    body: dict[str, str] = {
+        "invocationId": str(inv),
+        "status": "PreviouslyAccepted" if outcome.previously else "Accepted",
+    }
+    if execution_time_ms:
+        when = datetime.datetime.fromtimestamp(execution_time_ms / 1000, datetime.UTC)
+        body["executionTime"] = when.isoformat().replace("+00:00", "Z")
+    return web.Response(status=202, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
 
 
 def _respond(
     inv: InvocationId,
-    handler: Handler,
-    outcome: Result | SendAccepted,
+    handler: Handler | None,
+    outcome: Result | SendAccepted | Outcome | NotReady,
     headers: dict[str, str],
-    idempotent: bool,
 ) -> web.StreamResponse:
     if isinstance(outcome, SendAccepted):
-        return web.Response(
-            status=202,
-            body=json.dumps(
-                {
-                    "invocationId": str(inv),
-                    "status": "PreviouslyAccepted" if outcome.previously else "Accepted",
-                }
-            ).encode(),
-            content_type="application/json",
-            headers=headers,
-        )
+        return _accepted(inv, outcome, headers)
+    if isinstance(outcome, Outcome):
+        return error_response(outcome.status, outcome.message, headers=headers)
+    if isinstance(outcome, NotReady):
+        return error_response(470, "the invocation exists but has not completed yet", headers=headers)
     if outcome.failure is not None:
         return failure_response(outcome.failure, headers=headers)
     value = outcome.value or b""
-    out = handler.output or {}
+    out = (handler.output if handler is not None else None) or {"contentType": "application/json"}
     ctype = out.get("contentType", "application/json")
     resp = web.Response(status=200, body=value, headers=headers)
     if value or out.get("setContentTypeIfEmpty"):
         if ctype:
             resp.headers["content-type"] = ctype
     return resp
+
+
+def _target_id(body: object) -> InvocationId:
+    """The invocation id a ``{"target": ...}`` body of /restate/attach|output|lookup names."""
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object with a 'target' field")
+    kind = body.get("target")
+    if kind == "invocation":
+        return InvocationId.parse(str(body["invocationId"]))
+    if kind == "workflow":
+        return workflow_invocation_id(str(body["workflowName"]), str(body["workflowKey"]))
+    if kind == "idempotentInvocation":
+        key = body.get("key")
+        return idempotent_invocation_id(
+            str(body["service"]), None if key is None else str(key), str(body["handler"]), str(body["idempotencyKey"])
+        )
+    raise ValueError("target must be 'invocation', 'workflow' or 'idempotentInvocation'")
 
 
 def _media_matches(pattern: str, actual: str) -> bool:

@@ -139,6 +139,12 @@ class Invoker:
         if not task.cancelled() and task.exception() is not None:
             logger.error("attempt task crashed", exc_info=task.exception())
 
+    def abort(self, invocation_id: bytes) -> None:
+        """Stop the invocation's running attempt now (kill, pause, a rejected command)."""
+        task = self._tasks.get(invocation_id)
+        if task is not None and not task.done():
+            task.cancel()
+
     def notify(self, effect: Notify) -> None:
         attempt = self._attempts.get(effect.invocation_id)
         if attempt is not None and attempt.epoch == effect.epoch:

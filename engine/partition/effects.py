@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.partition.types import JournalEntry, Result
+from engine.partition.types import JournalEntry, Result, Routed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,12 +32,47 @@ class SendAccepted:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """The answer to a management request or a signal: an HTTP status and a message."""
+
+    status: int
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotReady:
+    """An output peek of an invocation that has not completed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
     """Answer an in-memory waiter (an HTTP caller) of this process."""
 
     token: str
     invocation_id: bytes
-    result: Result | SendAccepted
+    result: Result | SendAccepted | Outcome | NotReady
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendOutbox:
+    """Deliver outbox row ``seq`` of ``partition`` to the partition owning ``record``'s invocation."""
+
+    partition: int
+    seq: int
+    record: Routed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleTimer:
+    wake_ms: int
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AbortAttempt:
+    """Stop a running attempt now (kill, pause): its records would be dropped anyway (stale epoch)."""
+
+    invocation_id: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,4 +81,4 @@ class MetadataChanged:
     value: bytes | None
 
 
-Effect = StartAttempt | Notify | Reply | MetadataChanged
+Effect = StartAttempt | Notify | Reply | MetadataChanged | SendOutbox | ScheduleTimer | AbortAttempt

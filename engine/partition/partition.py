@@ -54,9 +54,7 @@ class Partition:
         self._on_effects = on_effects
         self.processor = PartitionProcessor(partition_id, store, config)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"partition-{partition_id}")
-        self._pending: collections.deque[tuple[asyncio.Future[int], Record, asyncio.Future[int]]] = (
-            collections.deque()
-        )
+        self._pending: collections.deque[tuple[asyncio.Future[int], Record, asyncio.Future[int]]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._closed = False
         self._batches = 0
@@ -92,9 +90,7 @@ class Partition:
 
         replayed = await loop.run_in_executor(self._executor, replay)
         if replayed:
-            logger.info(
-                "partition %d: replayed %d log records up to lsn %d", self.id, replayed, self._log.last_lsn
-            )
+            logger.info("partition %d: replayed %d log records up to lsn %d", self.id, replayed, self._log.last_lsn)
         return await loop.run_in_executor(self._executor, self.processor.recovery_effects)
 
     def propose_nowait(self, record: Record) -> asyncio.Future[int]:

@@ -5,57 +5,100 @@ Design notes (read before changing anything here):
 * ``apply_batch`` runs on the partition's own thread. It takes records that are already durable in the log, in
   LSN order, and writes all their table changes plus ``applied_lsn`` in ONE WriteBatch. Restart = replay the log
   from ``applied_lsn + 1``; a record is never applied twice because ``applied_lsn`` moves in the same batch.
-* Apply depends only on the record and the tables: wall-clock time comes in the record (``now_ms``) and random
-  values are chosen by the proposer. Effects (start an attempt, answer a caller, push a notification) are returned
-  to the caller and dispatched after the commit; they are never the source of truth.
+* Apply depends only on the record and the tables: wall-clock time comes in the record (``now_ms``) and ids of
+  child invocations are derived from the parent's id and the command's journal index. Effects (start an attempt,
+  answer a caller, push a notification, arm a timer) are returned and dispatched after the commit; they are never
+  the source of truth and ``recovery_effects`` recomputes the ones that matter after a crash.
 * Attempt fencing: every record an attempt produces carries the attempt's ``epoch``; a record whose epoch is not
   the invocation's current one is dropped (it comes from an attempt the engine already gave up on).
 * Single writer per key: an exclusive target holds ``LOCK[service, key]`` from start to completion; later
   invocations wait in ``INBOX[service, key, seq]`` and start in sequence order when the lock is released.
+* Records for another partition's invocations (a child call, a call's result, a signal, an attach) go through
+  this partition's OUTBOX in the same WriteBatch; the engine delivers them in sequence order and the target
+  drops sequences it has already seen (``DEDUP``), so each is applied exactly once. Records for this partition
+  are applied inline, in the same batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import struct
 from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
 from engine import codec
 from engine.config import EngineConfig
-from engine.ids import InvocationId, partition_for
+from engine.ids import (
+    InvocationId,
+    idempotent_invocation_id,
+    parse_awakeable_id,
+    partition_for,
+    partition_key_for_key,
+    workflow_invocation_id,
+)
 from engine.invoker.protocol import messages
 from engine.invoker.protocol.framing import MessageType, is_command
 from engine.partition.effects import (
+    AbortAttempt,
     Effect,
     MetadataChanged,
     Notify,
+    NotReady,
+    Outcome,
     Reply,
+    ScheduleTimer,
     SendAccepted,
+    SendOutbox,
     StartAttempt,
 )
 from engine.partition.types import (
     AppendEntries,
+    AppendNotification,
+    AttachSink,
     AttemptFailed,
     Cleanup,
     End,
     Failure,
+    FireTimer,
+    HandlerType,
     InvocationStatus,
     Invoke,
     JournalEntry,
+    ManageInvocation,
+    Op,
+    OutboxDelivery,
     PutMetadata,
     Record,
     Result,
     ResumeAttempt,
+    Routed,
+    ServiceType,
+    Sink,
     Status,
     Suspend,
+    Target,
+    TruncateOutbox,
 )
+from engine.schema import Service, retention_policy, service_from_row
 from engine.storage import keys
 from engine.storage.store import Store, Txn
 
 logger = logging.getLogger(__name__)
 
 CANCEL_SIGNAL = 1
+_U32 = struct.Struct(">I")
+
+KILLED = Failure(code=409, message="killed")
+CANCELED = Failure(code=409, message="canceled")
+
+
+class _Rejected(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class PartitionProcessor:
@@ -67,9 +110,9 @@ class PartitionProcessor:
         self.config = config
         self.applied_lsn = store.applied_lsn(partition_id)
 
-    # ------------------------------------------------------------------------------------------------------
+    # ==========================================================================================================
     # Entry points
-    # ------------------------------------------------------------------------------------------------------
+    # ==========================================================================================================
 
     def apply_batch(self, records: list[tuple[int, Record]]) -> list[Effect]:
         """Apply durable records (LSN order) in one WriteBatch; return the effects to dispatch after it."""
@@ -86,12 +129,11 @@ class PartitionProcessor:
         return effects
 
     def recovery_effects(self) -> list[Effect]:
-        """After restart: attempts to (re)start for the invocations this partition owns."""
+        """After restart: attempts to (re)start, timers to arm and outbox rows to deliver for this partition."""
         effects: list[Effect] = []
-        n = self.config.num_partitions
         for key, _ in self.store.scan(keys.ACTIVE):
             inv = key[len(keys.ACTIVE) :]
-            if partition_for(InvocationId.from_bytes(inv).partition_key, n) != self.partition_id:
+            if not self._owns(inv):
                 continue
             raw = self.store.get(keys.status(inv))
             if raw is None:
@@ -99,7 +141,18 @@ class PartitionProcessor:
             st: InvocationStatus = codec.decode(raw)
             if st.status in (Status.INVOKED, Status.BACKING_OFF):
                 effects.append(StartAttempt(invocation_id=inv, epoch=st.epoch))
+        for key, _ in self.store.scan(keys.TIMER):
+            wake, inv, _ = keys.parse_timer(key)
+            if self._owns(inv):
+                effects.append(ScheduleTimer(wake_ms=wake, key=key))
+        for key, raw in self.store.scan(keys.outbox_prefix(self.partition_id)):
+            seq = keys.parse_u64(key[-8:])
+            effects.append(SendOutbox(partition=self.partition_id, seq=seq, record=codec.decode(raw)))
         return effects
+
+    def _owns(self, invocation_id: bytes) -> bool:
+        pk = InvocationId.from_bytes(invocation_id).partition_key
+        return partition_for(pk, self.config.num_partitions) == self.partition_id
 
     def _apply(self, txn: Txn, record: Record, effects: list[Effect]) -> None:
         match record:
@@ -119,12 +172,36 @@ class PartitionProcessor:
                 self._apply_cleanup(txn, record, effects)
             case PutMetadata():
                 self._apply_put_metadata(txn, record, effects)
+            case AppendNotification():
+                self._apply_append_notification(txn, record, effects)
+            case AttachSink():
+                self._apply_attach_sink(txn, record, effects)
+            case FireTimer():
+                self._apply_fire_timer(txn, record, effects)
+            case ManageInvocation():
+                self._apply_manage_invocation(txn, record, effects)
+            case OutboxDelivery():
+                self._apply_outbox_delivery(txn, record, effects)
+            case TruncateOutbox():
+                self._apply_truncate_outbox(txn, record, effects)
             case _:
                 assert_never(record)
 
-    # ------------------------------------------------------------------------------------------------------
-    # Records
-    # ------------------------------------------------------------------------------------------------------
+    def _emit(self, txn: Txn, record: Routed, effects: list[Effect]) -> None:
+        """Apply ``record`` here if this partition owns its invocation, else put it in the outbox."""
+        if self._owns(record.invocation_id):
+            self._apply(txn, record, effects)
+            return
+        seq_key = keys.outbox_seq(self.partition_id)
+        raw = txn.get(seq_key)
+        seq = 1 if raw is None else keys.parse_u64(raw) + 1
+        txn.put(seq_key, keys.u64(seq))
+        txn.put(keys.outbox(self.partition_id, seq), codec.encode(record))
+        effects.append(SendOutbox(partition=self.partition_id, seq=seq, record=record))
+
+    # ==========================================================================================================
+    # Invocations: creation, start, completion
+    # ==========================================================================================================
 
     def _apply_invoke(self, txn: Txn, r: Invoke, effects: list[Effect]) -> None:
         if r.dedup is not None:
@@ -148,6 +225,8 @@ class PartitionProcessor:
             last_entry_at_ms=r.now_ms,
             retention=r.retention,
             random_seed=r.random_seed,
+            execution_time_ms=r.execution_time_ms,
+            one_way=r.one_way,
         )
         st = _append_journal(
             txn,
@@ -164,7 +243,16 @@ class PartitionProcessor:
                 )
             )
         txn.put(keys.active(r.invocation_id), b"")
-        target = r.target
+        if r.execution_time_ms > r.now_ms:
+            timer = keys.timer(r.execution_time_ms, r.invocation_id, keys.TIMER_START)
+            txn.put(timer, b"")
+            _save(txn, replace(st, status=Status.SCHEDULED))
+            effects.append(ScheduleTimer(wake_ms=r.execution_time_ms, key=timer))
+            return
+        self._start_or_enqueue(txn, st, r.now_ms, effects)
+
+    def _start_or_enqueue(self, txn: Txn, st: InvocationStatus, now_ms: int, effects: list[Effect]) -> None:
+        target = st.target
         if target.exclusive:
             assert target.key is not None
             lock_key = keys.lock(target.service, target.key)
@@ -173,16 +261,16 @@ class PartitionProcessor:
                 raw_seq = txn.get(seq_key)
                 seq = 0 if raw_seq is None else keys.parse_u64(raw_seq)
                 txn.put(seq_key, keys.u64(seq + 1))
-                txn.put(keys.inbox(target.service, target.key, seq), r.invocation_id)
-                _save(txn, replace(st, status=Status.INBOXED, inbox_seq=seq))
+                txn.put(keys.inbox(target.service, target.key, seq), st.invocation_id)
+                _save(txn, replace(st, status=Status.INBOXED, inbox_seq=seq, modified_at_ms=now_ms))
                 return
-            txn.put(lock_key, r.invocation_id)
-        st = replace(st, epoch=1)
+            txn.put(lock_key, st.invocation_id)
+        st = replace(st, status=Status.INVOKED, epoch=st.epoch + 1, modified_at_ms=now_ms)
         _save(txn, st)
         effects.append(StartAttempt(invocation_id=st.invocation_id, epoch=st.epoch))
 
     def _attach_duplicate(self, txn: Txn, st: InvocationStatus, r: Invoke, effects: list[Effect]) -> None:
-        """Same invocation id again (idempotency key): never a second execution."""
+        """Same invocation id again (idempotency key, workflow id): never a second execution."""
         sink = r.sink
         if sink is None:
             return
@@ -196,29 +284,126 @@ class PartitionProcessor:
                     )
                 )
             return
+        if st.target.handler_ty == HandlerType.WORKFLOW and st.target.service_ty == ServiceType.WORKFLOW:
+            conflict = Result(failure=Failure(code=409, message="the workflow method was already invoked"))
+            self._deliver(txn, st.invocation_id, sink, conflict, effects)
+            return
         if st.status == Status.COMPLETED and st.result is not None:
-            if sink.token is not None:
-                effects.append(Reply(token=sink.token, invocation_id=st.invocation_id, result=st.result))
+            self._deliver(txn, st.invocation_id, sink, st.result, effects)
             return
         _save(txn, replace(st, sinks=(*st.sinks, sink)))
+
+    def _deliver(
+        self, txn: Txn, invocation_id: bytes, sink: Sink, result: Result | None, effects: list[Effect]
+    ) -> None:
+        """Give ``result`` (None: not completed yet, for output peeks) to a waiting caller or parent invocation."""
+        if sink.token is not None:
+            effects.append(
+                Reply(token=sink.token, invocation_id=invocation_id, result=NotReady() if result is None else result)
+            )
+            return
+        if sink.parent is None:
+            return
+        cid = sink.completion_id
+        if result is None:
+            body = messages.notification(completion_id=cid, void=True)
+        elif result.failure is not None:
+            f = result.failure
+            body = messages.notification(
+                completion_id=cid, failure=(f.code, f.message), failure_metadata=list(f.metadata)
+            )
+        else:
+            body = messages.notification(completion_id=cid, value=result.value or b"")
+        self._emit(
+            txn,
+            AppendNotification(
+                invocation_id=sink.parent,
+                entry=JournalEntry(ty=sink.notification_ty, body=body),
+                completion_id=cid,
+            ),
+            effects,
+        )
+
+    def _complete(self, txn: Txn, st: InvocationStatus, result: Result, now_ms: int, effects: list[Effect]) -> None:
+        retention_ms = max(st.retention.completion_ms, st.retention.journal_ms)
+        expires = now_ms + retention_ms
+        txn.delete(keys.active(st.invocation_id))
+        done = replace(
+            st,
+            status=Status.COMPLETED,
+            result=result,
+            sinks=(),
+            completed_at_ms=now_ms,
+            modified_at_ms=now_ms,
+            expires_at_ms=expires,
+            waiting_completions=(),
+            waiting_signals=(),
+            waiting_named_signals=(),
+        )
+        if retention_ms <= 0:
+            _delete_invocation(txn, st)
+        else:
+            _save(txn, done)
+            txn.put(keys.retention(expires, st.invocation_id), b"")
+        if st.target.exclusive and st.target.key is not None:
+            self._release_lock(txn, st.target.service, st.target.key, st.invocation_id, now_ms, effects)
+        for sink in st.sinks:
+            self._deliver(txn, st.invocation_id, sink, result, effects)
+
+    def _release_lock(
+        self, txn: Txn, service: str, key: str, holder: bytes, now_ms: int, effects: list[Effect]
+    ) -> None:
+        lock_key = keys.lock(service, key)
+        if txn.get(lock_key) != holder:
+            return
+        txn.delete(lock_key)
+        for inbox_key, inv in txn.scan(keys.object_prefix(keys.INBOX, service, key)):
+            txn.delete(inbox_key)
+            nxt = _load(txn, inv)
+            if nxt is None or nxt.status != Status.INBOXED:
+                continue
+            self._start_or_enqueue(txn, nxt, now_ms, effects)
+            return
+
+    # ==========================================================================================================
+    # Attempts
+    # ==========================================================================================================
 
     def _apply_append_entries(self, txn: Txn, r: AppendEntries, effects: list[Effect]) -> None:
         st = _load(txn, r.invocation_id)
         if st is None or st.epoch != r.epoch or st.status == Status.COMPLETED:
             return
         for entry in r.entries:
-            if entry.ty == MessageType.PROPOSE_RUN_COMPLETION:
-                st = self._on_run_proposal(txn, st, entry, r.now_ms, effects)
-            elif is_command(entry.ty):
-                index = st.journal_length
-                st = _append_journal(txn, st, entry, r.now_ms)
-                st = self._on_command(txn, st, index, entry, r.now_ms, effects)
-            else:
-                logger.warning(
-                    "invocation %s sent message type 0x%04x as a journal entry; ignored",
-                    InvocationId.from_bytes(r.invocation_id),
-                    entry.ty,
+            try:
+                if entry.ty == MessageType.PROPOSE_RUN_COMPLETION:
+                    st = self._on_run_proposal(txn, st, entry, r.now_ms, effects)
+                elif is_command(entry.ty):
+                    index = st.journal_length
+                    st = _append_journal(txn, st, entry, r.now_ms)
+                    st = self._on_command(txn, st, index, entry, r.now_ms, effects)
+                else:
+                    logger.warning(
+                        "invocation %s sent message type 0x%04x as a journal entry; ignored",
+                        InvocationId.from_bytes(r.invocation_id),
+                        entry.ty,
+                    )
+            except _Rejected as rejected:
+                _save(txn, replace(st, modified_at_ms=r.now_ms))
+                effects.append(AbortAttempt(invocation_id=st.invocation_id))
+                self._apply_attempt_failed(
+                    txn,
+                    AttemptFailed(
+                        invocation_id=st.invocation_id,
+                        epoch=st.epoch,
+                        code=rejected.code,
+                        message=rejected.message,
+                        now_ms=r.now_ms,
+                    ),
+                    effects,
                 )
+                return
+            if st.status == Status.COMPLETED:
+                return  # e.g. cancelled or killed by one of its own commands
         _save(txn, replace(st, modified_at_ms=r.now_ms))
 
     def _on_run_proposal(
@@ -227,118 +412,7 @@ class PartitionProcessor:
         completion_id, body = messages.run_completion_from_proposal(entry.body)
         if completion_id in st.completed_ids:
             return st  # a proposal from a replay that raced its own completion: the first one wins
-        return self._notify(
-            txn, st, MessageType.RUN_COMPLETION, body, now_ms, effects, completion_id=completion_id
-        )
-
-    def _on_command(
-        self,
-        txn: Txn,
-        st: InvocationStatus,
-        index: int,
-        entry: JournalEntry,
-        now_ms: int,
-        effects: list[Effect],
-    ) -> InvocationStatus:
-        ty = entry.ty
-        target = st.target
-        if ty == MessageType.OUTPUT_COMMAND:
-            return replace(st, output_index=index)
-        if ty in (
-            MessageType.INPUT_COMMAND,
-            MessageType.GET_EAGER_STATE_COMMAND,
-            MessageType.GET_EAGER_STATE_KEYS_COMMAND,
-            MessageType.RUN_COMMAND,
-        ):
-            return st
-        if ty in (
-            MessageType.SET_STATE_COMMAND,
-            MessageType.CLEAR_STATE_COMMAND,
-            MessageType.CLEAR_ALL_STATE_COMMAND,
-            MessageType.GET_LAZY_STATE_COMMAND,
-            MessageType.GET_LAZY_STATE_KEYS_COMMAND,
-        ):
-            if not target.keyed or target.key is None:
-                logger.warning("state command from unkeyed service %s ignored", target.service)
-                return st
-            msg = messages.decode(ty, entry.body)
-            service, key = target.service, target.key
-            if ty == MessageType.SET_STATE_COMMAND:
-                txn.put(keys.state(service, key, bytes(msg.key)), bytes(msg.value.content))  # type: ignore[attr-defined]
-            elif ty == MessageType.CLEAR_STATE_COMMAND:
-                txn.delete(keys.state(service, key, bytes(msg.key)))  # type: ignore[attr-defined]
-            elif ty == MessageType.CLEAR_ALL_STATE_COMMAND:
-                for k, _ in list(txn.scan(keys.object_prefix(keys.STATE, service, key))):
-                    txn.delete(k)
-            elif ty == MessageType.GET_LAZY_STATE_COMMAND:
-                cid = int(msg.result_completion_id)  # type: ignore[attr-defined]
-                value = txn.get(keys.state(service, key, bytes(msg.key)))  # type: ignore[attr-defined]
-                body = (
-                    messages.notification(completion_id=cid, void=True)
-                    if value is None
-                    else messages.notification(completion_id=cid, value=value)
-                )
-                return self._notify(
-                    txn, st, MessageType.GET_LAZY_STATE_COMPLETION, body, now_ms, effects, completion_id=cid
-                )
-            else:  # GET_LAZY_STATE_KEYS
-                cid = int(msg.result_completion_id)  # type: ignore[attr-defined]
-                prefix = keys.object_prefix(keys.STATE, service, key)
-                names = [k[len(prefix) :] for k, _ in txn.scan(prefix)]
-                body = messages.notification(completion_id=cid, state_keys=names)
-                return self._notify(
-                    txn,
-                    st,
-                    MessageType.GET_LAZY_STATE_KEYS_COMPLETION,
-                    body,
-                    now_ms,
-                    effects,
-                    completion_id=cid,
-                )
-            return st
-        logger.warning(
-            "invocation %s: command 0x%04x is not supported yet; stored in the journal",
-            InvocationId.from_bytes(st.invocation_id),
-            ty,
-        )
-        return st
-
-    def _notify(
-        self,
-        txn: Txn,
-        st: InvocationStatus,
-        ty: int,
-        body: bytes,
-        now_ms: int,
-        effects: list[Effect],
-        *,
-        completion_id: int | None = None,
-        signal_id: int | None = None,
-    ) -> InvocationStatus:
-        """Append a notification; push it to the open attempt, or resume a suspension waiting for it."""
-        entry = JournalEntry(ty=ty, body=body)
-        index = st.journal_length
-        st = _append_journal(txn, st, entry, now_ms)
-        if completion_id is not None:
-            st = replace(st, completed_ids=(*st.completed_ids, completion_id))
-        if signal_id is not None:
-            st = replace(st, signal_ids=(*st.signal_ids, signal_id))
-        if st.status == Status.SUSPENDED:
-            if (completion_id is not None and completion_id in st.waiting_completions) or (
-                signal_id is not None and signal_id in st.waiting_signals
-            ):
-                st = replace(
-                    st,
-                    status=Status.INVOKED,
-                    epoch=st.epoch + 1,
-                    waiting_completions=(),
-                    waiting_signals=(),
-                    waiting_named_signals=(),
-                )
-                effects.append(StartAttempt(invocation_id=st.invocation_id, epoch=st.epoch))
-        else:
-            effects.append(Notify(invocation_id=st.invocation_id, epoch=st.epoch, index=index, entry=entry))
-        return st
+        return self._notify(txn, st, MessageType.RUN_COMPLETION, body, now_ms, effects, completion_id=completion_id)
 
     def _apply_suspend(self, txn: Txn, r: Suspend, effects: list[Effect]) -> None:
         st = _load(txn, r.invocation_id)
@@ -391,23 +465,13 @@ class PartitionProcessor:
             last_failure=failure,
             modified_at_ms=r.now_ms,
         )
-        max_attempts = policy.max_attempts
-        if max_attempts is not None and retry_count >= max_attempts:
+        if policy.max_attempts is not None and retry_count >= policy.max_attempts:
+            inv = InvocationId.from_bytes(st.invocation_id)
             if policy.on_max_attempts == "kill":
-                logger.warning(
-                    "invocation %s killed after %d attempts: %s",
-                    InvocationId.from_bytes(st.invocation_id),
-                    retry_count,
-                    r.message,
-                )
-                self._complete(txn, st, Result(failure=failure), r.now_ms, effects)
+                logger.warning("invocation %s killed after %d attempts: %s", inv, retry_count, r.message)
+                self._kill(txn, st, failure, r.now_ms, effects)
             else:
-                logger.warning(
-                    "invocation %s paused after %d attempts: %s",
-                    InvocationId.from_bytes(st.invocation_id),
-                    retry_count,
-                    r.message,
-                )
+                logger.warning("invocation %s paused after %d attempts: %s", inv, retry_count, r.message)
                 _save(txn, replace(st, status=Status.PAUSED, epoch=st.epoch + 1))
             return
         if r.next_retry_delay_ms is not None:
@@ -436,52 +500,6 @@ class PartitionProcessor:
                 result = Result(value=value or b"")
         self._complete(txn, st, result, r.now_ms, effects)
 
-    def _complete(
-        self, txn: Txn, st: InvocationStatus, result: Result, now_ms: int, effects: list[Effect]
-    ) -> None:
-        for sink in st.sinks:
-            if sink.token is not None:
-                effects.append(Reply(token=sink.token, invocation_id=st.invocation_id, result=result))
-        retention_ms = max(st.retention.completion_ms, st.retention.journal_ms)
-        expires = now_ms + retention_ms
-        txn.delete(keys.active(st.invocation_id))
-        if retention_ms <= 0:
-            _delete_invocation(txn, st)
-        else:
-            _save(
-                txn,
-                replace(
-                    st,
-                    status=Status.COMPLETED,
-                    result=result,
-                    sinks=(),
-                    completed_at_ms=now_ms,
-                    modified_at_ms=now_ms,
-                    expires_at_ms=expires,
-                ),
-            )
-            txn.put(keys.retention(expires, st.invocation_id), b"")
-        if st.target.exclusive and st.target.key is not None:
-            self._release_lock(txn, st.target.service, st.target.key, st.invocation_id, now_ms, effects)
-
-    def _release_lock(
-        self, txn: Txn, service: str, key: str, holder: bytes, now_ms: int, effects: list[Effect]
-    ) -> None:
-        lock_key = keys.lock(service, key)
-        if txn.get(lock_key) != holder:
-            return
-        for inbox_key, inv in txn.scan(keys.object_prefix(keys.INBOX, service, key)):
-            txn.delete(inbox_key)
-            nxt = _load(txn, inv)
-            if nxt is None or nxt.status != Status.INBOXED:
-                continue
-            txn.put(lock_key, inv)
-            nxt = replace(nxt, status=Status.INVOKED, epoch=nxt.epoch + 1, modified_at_ms=now_ms)
-            _save(txn, nxt)
-            effects.append(StartAttempt(invocation_id=inv, epoch=nxt.epoch))
-            return
-        txn.delete(lock_key)
-
     def _apply_resume_attempt(self, txn: Txn, r: ResumeAttempt, effects: list[Effect]) -> None:
         st = _load(txn, r.invocation_id)
         if st is None or st.status not in (Status.PAUSED, Status.BACKING_OFF):
@@ -490,16 +508,497 @@ class PartitionProcessor:
         _save(txn, st)
         effects.append(StartAttempt(invocation_id=st.invocation_id, epoch=st.epoch))
 
+    # ==========================================================================================================
+    # Commands
+    # ==========================================================================================================
+
+    def _on_command(
+        self,
+        txn: Txn,
+        st: InvocationStatus,
+        index: int,
+        entry: JournalEntry,
+        now_ms: int,
+        effects: list[Effect],
+    ) -> InvocationStatus:
+        ty = entry.ty
+        if ty == MessageType.OUTPUT_COMMAND:
+            return replace(st, output_index=index)
+        if ty in (
+            MessageType.INPUT_COMMAND,
+            MessageType.GET_EAGER_STATE_COMMAND,
+            MessageType.GET_EAGER_STATE_KEYS_COMMAND,
+            MessageType.RUN_COMMAND,
+        ):
+            return st
+        msg: Any = messages.decode(ty, entry.body)
+        if ty in _STATE_COMMANDS:
+            return self._on_state_command(txn, st, ty, msg, now_ms, effects)
+        if ty == MessageType.SLEEP_COMMAND:
+            cid = int(msg.result_completion_id)
+            timer = keys.timer(int(msg.wake_up_time), st.invocation_id, cid)
+            txn.put(timer, b"")
+            effects.append(ScheduleTimer(wake_ms=int(msg.wake_up_time), key=timer))
+            return st
+        if ty in (MessageType.CALL_COMMAND, MessageType.ONE_WAY_CALL_COMMAND):
+            return self._on_call(txn, st, index, ty, msg, now_ms, effects)
+        if ty in (MessageType.SEND_SIGNAL_COMMAND, MessageType.COMPLETE_AWAKEABLE_COMMAND):
+            return self._on_signal_command(txn, st, ty, msg, now_ms, effects)
+        if ty in (MessageType.ATTACH_INVOCATION_COMMAND, MessageType.GET_INVOCATION_OUTPUT_COMMAND):
+            target = self._attach_target(txn, msg)
+            attach = ty == MessageType.ATTACH_INVOCATION_COMMAND
+            sink = Sink(
+                parent=st.invocation_id,
+                completion_id=int(msg.result_completion_id),
+                notification_ty=(
+                    MessageType.ATTACH_INVOCATION_COMPLETION if attach else MessageType.GET_INVOCATION_OUTPUT_COMPLETION
+                ),
+            )
+            _save(txn, st)
+            self._emit(txn, AttachSink(invocation_id=target, sink=sink, peek=not attach), effects)
+            return _reload(txn, st)
+        if ty in (
+            MessageType.GET_PROMISE_COMMAND,
+            MessageType.PEEK_PROMISE_COMMAND,
+            MessageType.COMPLETE_PROMISE_COMMAND,
+        ):
+            return self._on_promise_command(txn, st, ty, msg, now_ms, effects)
+        raise _Rejected(571, f"command type 0x{ty:04x} is not supported by this engine")
+
+    def _on_state_command(
+        self, txn: Txn, st: InvocationStatus, ty: int, msg: Any, now_ms: int, effects: list[Effect]
+    ) -> InvocationStatus:
+        target = st.target
+        if not target.keyed or target.key is None:
+            raise _Rejected(400, f"service {target.service} has no state (it is not a virtual object or workflow)")
+        service, key = target.service, target.key
+        if ty == MessageType.SET_STATE_COMMAND:
+            txn.put(keys.state(service, key, bytes(msg.key)), bytes(msg.value.content))
+        elif ty == MessageType.CLEAR_STATE_COMMAND:
+            txn.delete(keys.state(service, key, bytes(msg.key)))
+        elif ty == MessageType.CLEAR_ALL_STATE_COMMAND:
+            for k, _ in list(txn.scan(keys.object_prefix(keys.STATE, service, key))):
+                txn.delete(k)
+        elif ty == MessageType.GET_LAZY_STATE_COMMAND:
+            cid = int(msg.result_completion_id)
+            value = txn.get(keys.state(service, key, bytes(msg.key)))
+            body = (
+                messages.notification(completion_id=cid, void=True)
+                if value is None
+                else messages.notification(completion_id=cid, value=value)
+            )
+            return self._notify(
+                txn, st, MessageType.GET_LAZY_STATE_COMPLETION, body, now_ms, effects, completion_id=cid
+            )
+        else:  # GET_LAZY_STATE_KEYS
+            cid = int(msg.result_completion_id)
+            prefix = keys.object_prefix(keys.STATE, service, key)
+            names = [k[len(prefix) :] for k, _ in txn.scan(prefix)]
+            body = messages.notification(completion_id=cid, state_keys=names)
+            return self._notify(
+                txn, st, MessageType.GET_LAZY_STATE_KEYS_COMPLETION, body, now_ms, effects, completion_id=cid
+            )
+        return st
+
+    def _on_call(
+        self,
+        txn: Txn,
+        st: InvocationStatus,
+        index: int,
+        ty: int,
+        msg: Any,
+        now_ms: int,
+        effects: list[Effect],
+    ) -> InvocationStatus:
+        call = ty == MessageType.CALL_COMMAND
+        service = self._service(txn, str(msg.service_name))
+        if service is None:
+            raise _Rejected(404, f"service '{msg.service_name}' not found")
+        handler = service.handlers.get(str(msg.handler_name))
+        if handler is None:
+            raise _Rejected(404, f"the service '{service.name}' has no handler '{msg.handler_name}'")
+        key: str | None = str(msg.key) if service.keyed else None
+        if service.keyed and not key:
+            raise _Rejected(400, f"calling {service.name}/{handler.name} needs an object key")
+        idempotency_key = str(msg.idempotency_key) if msg.HasField("idempotency_key") else None
+        if handler.ty == HandlerType.WORKFLOW and key is not None:
+            child = workflow_invocation_id(service.name, key)
+        elif idempotency_key is not None:
+            child = idempotent_invocation_id(service.name, key, handler.name, idempotency_key)
+        else:
+            digest = hashlib.sha256(st.invocation_id + _U32.pack(index)).digest()
+            pk = partition_key_for_key(key) if key is not None else int.from_bytes(digest[16:24], "big")
+            child = InvocationId(partition_key=pk, uuid=digest[:16])
+        cfg = self.config.invocation
+        invoke = Invoke(
+            invocation_id=child.to_bytes(),
+            target=Target(
+                service=service.name,
+                handler=handler.name,
+                key=key,
+                service_ty=service.ty,
+                handler_ty=handler.ty if service.keyed else HandlerType.EXCLUSIVE,
+            ),
+            argument=bytes(msg.parameter),
+            headers=tuple((h.key, h.value) for h in msg.headers),
+            idempotency_key=idempotency_key,
+            sink=(Sink(parent=st.invocation_id, completion_id=int(msg.result_completion_id)) if call else None),
+            one_way=not call,
+            deployment_id=service.deployment_id,
+            retention=retention_policy(
+                service=service,
+                handler=handler.name,
+                idempotent=idempotency_key is not None,
+                default_journal_ms=_ms(cfg.default_journal_retention.total_seconds()),
+                default_idempotency_ms=_ms(cfg.default_idempotency_retention.total_seconds()),
+                default_workflow_ms=_ms(cfg.default_workflow_completion_retention.total_seconds()),
+            ),
+            execution_time_ms=0 if call else int(msg.invoke_time),
+            now_ms=now_ms,
+            random_seed=int.from_bytes(hashlib.sha256(child.to_bytes()).digest()[:8], "little"),
+        )
+        if call:
+            st = replace(st, children=(*st.children, child.to_bytes()))
+        _save(txn, st)
+        self._emit(txn, invoke, effects)
+        st = _reload(txn, st)
+        id_cid = int(msg.invocation_id_notification_idx)
+        body = messages.notification(completion_id=id_cid, invocation_id=str(child))
+        return self._notify(
+            txn, st, MessageType.CALL_INVOCATION_ID_COMPLETION, body, now_ms, effects, completion_id=id_cid
+        )
+
+    def _on_signal_command(
+        self, txn: Txn, st: InvocationStatus, ty: int, msg: Any, now_ms: int, effects: list[Effect]
+    ) -> InvocationStatus:
+        if ty == MessageType.SEND_SIGNAL_COMMAND:
+            try:
+                target = InvocationId.parse(str(msg.target_invocation_id)).to_bytes()
+            except ValueError as exc:
+                raise _Rejected(400, f"SendSignal: {exc}") from exc
+            which = msg.WhichOneof("signal_id")
+            if which == "idx" and int(msg.idx) == CANCEL_SIGNAL:
+                _save(txn, st)
+                self._emit(txn, ManageInvocation(invocation_id=target, op=Op.CANCEL, now_ms=now_ms), effects)
+                return _reload(txn, st)
+            signal_id = int(msg.idx) if which == "idx" else None
+            signal_name = str(msg.name) if which == "name" else None
+            result = msg.WhichOneof("result")
+            value = bytes(msg.value.content) if result == "value" else None
+            failure = (int(msg.failure.code), str(msg.failure.message)) if result == "failure" else None
+        else:
+            try:
+                parsed, signal_id, legacy = parse_awakeable_id(str(msg.awakeable_id))
+            except ValueError as exc:
+                raise _Rejected(400, f"CompleteAwakeable: {exc}") from exc
+            if legacy:
+                raise _Rejected(400, "legacy prom_1 awakeable ids (protocol <= V3 journals) are not supported")
+            target = parsed.to_bytes()
+            signal_name = None
+            result = msg.WhichOneof("result")
+            value = bytes(msg.value.content) if result == "value" else None
+            failure = (int(msg.failure.code), str(msg.failure.message)) if result == "failure" else None
+        body = messages.notification(
+            signal_id=signal_id,
+            signal_name=signal_name,
+            void=value is None and failure is None,
+            value=value,
+            failure=failure,
+        )
+        _save(txn, st)
+        self._emit(
+            txn,
+            AppendNotification(
+                invocation_id=target,
+                entry=JournalEntry(ty=MessageType.SIGNAL_NOTIFICATION, body=body),
+                signal_id=signal_id,
+                signal_name=signal_name,
+            ),
+            effects,
+        )
+        return _reload(txn, st)
+
+    def _attach_target(self, txn: Txn, msg: Any) -> bytes:
+        which = msg.WhichOneof("target")
+        try:
+            if which == "invocation_id":
+                return InvocationId.parse(str(msg.invocation_id)).to_bytes()
+            if which == "workflow_target":
+                t = msg.workflow_target
+                return workflow_invocation_id(str(t.workflow_name), str(t.workflow_key)).to_bytes()
+            if which == "idempotent_request_target":
+                t = msg.idempotent_request_target
+                key = str(t.service_key) if t.HasField("service_key") else None
+                return idempotent_invocation_id(
+                    str(t.service_name), key, str(t.handler_name), str(t.idempotency_key)
+                ).to_bytes()
+        except ValueError as exc:
+            raise _Rejected(400, f"bad attach target: {exc}") from exc
+        raise _Rejected(400, "attach without a target")
+
+    def _on_promise_command(
+        self, txn: Txn, st: InvocationStatus, ty: int, msg: Any, now_ms: int, effects: list[Effect]
+    ) -> InvocationStatus:
+        target = st.target
+        if target.service_ty != ServiceType.WORKFLOW or target.key is None:
+            raise _Rejected(400, "durable promises exist only in workflows")
+        name = str(msg.key)
+        cid = int(msg.result_completion_id)
+        promise_key = keys.promise(target.service, target.key, name)
+        raw = txn.get(promise_key)
+        stored: Result | None = None if raw is None else codec.decode(raw)
+        if ty == MessageType.PEEK_PROMISE_COMMAND:
+            body = _result_notification(cid, stored, void_if_none=True)
+            return self._notify(txn, st, MessageType.PEEK_PROMISE_COMPLETION, body, now_ms, effects, completion_id=cid)
+        if ty == MessageType.GET_PROMISE_COMMAND:
+            if stored is not None:
+                body = _result_notification(cid, stored)
+                return self._notify(
+                    txn, st, MessageType.GET_PROMISE_COMPLETION, body, now_ms, effects, completion_id=cid
+                )
+            txn.put(keys.promise_waiter(target.service, target.key, name, st.invocation_id, cid), b"")
+            return st
+        # COMPLETE_PROMISE
+        if stored is not None:
+            body = messages.notification(completion_id=cid, failure=(409, "promise was already completed"))
+            return self._notify(
+                txn, st, MessageType.COMPLETE_PROMISE_COMPLETION, body, now_ms, effects, completion_id=cid
+            )
+        which = msg.WhichOneof("completion")
+        if which == "completion_failure":
+            f = msg.completion_failure
+            completed = Result(failure=Failure(code=int(f.code), message=str(f.message)))
+        else:
+            completed = Result(value=bytes(msg.completion_value.content))
+        txn.put(promise_key, codec.encode(completed))
+        body = messages.notification(completion_id=cid, void=True)
+        st = self._notify(txn, st, MessageType.COMPLETE_PROMISE_COMPLETION, body, now_ms, effects, completion_id=cid)
+        prefix = keys.promise_waiters(target.service, target.key, name)
+        _save(txn, st)
+        for waiter_key, _ in list(txn.scan(prefix)):
+            txn.delete(waiter_key)
+            rest = waiter_key[len(prefix) :]
+            waiter, waiter_cid = rest[:24], int(_U32.unpack(rest[24:28])[0])
+            self._emit(
+                txn,
+                AppendNotification(
+                    invocation_id=waiter,
+                    entry=JournalEntry(
+                        ty=MessageType.GET_PROMISE_COMPLETION, body=_result_notification(waiter_cid, completed)
+                    ),
+                    completion_id=waiter_cid,
+                ),
+                effects,
+            )
+        return _reload(txn, st)
+
+    # ==========================================================================================================
+    # Notifications, attach, timers
+    # ==========================================================================================================
+
+    def _notify(
+        self,
+        txn: Txn,
+        st: InvocationStatus,
+        ty: int,
+        body: bytes,
+        now_ms: int,
+        effects: list[Effect],
+        *,
+        completion_id: int | None = None,
+        signal_id: int | None = None,
+    ) -> InvocationStatus:
+        """Append a notification; push it to the open attempt, or resume a suspension waiting for it."""
+        entry = JournalEntry(ty=ty, body=body)
+        index = st.journal_length
+        st = _append_journal(txn, st, entry, now_ms)
+        if completion_id is not None:
+            st = replace(st, completed_ids=(*st.completed_ids, completion_id))
+        if signal_id is not None:
+            st = replace(st, signal_ids=(*st.signal_ids, signal_id))
+        if st.status == Status.SUSPENDED:
+            if (completion_id is not None and completion_id in st.waiting_completions) or (
+                signal_id is not None and signal_id in st.waiting_signals
+            ):
+                st = replace(
+                    st,
+                    status=Status.INVOKED,
+                    epoch=st.epoch + 1,
+                    waiting_completions=(),
+                    waiting_signals=(),
+                    waiting_named_signals=(),
+                )
+                effects.append(StartAttempt(invocation_id=st.invocation_id, epoch=st.epoch))
+        elif st.status == Status.INVOKED:
+            effects.append(Notify(invocation_id=st.invocation_id, epoch=st.epoch, index=index, entry=entry))
+        return st
+
+    def _apply_append_notification(self, txn: Txn, r: AppendNotification, effects: list[Effect]) -> None:
+        st = _load(txn, r.invocation_id)
+        if st is None or st.status == Status.COMPLETED:
+            if r.token is not None:
+                effects.append(
+                    Reply(
+                        token=r.token,
+                        invocation_id=r.invocation_id,
+                        result=Outcome(status=404, message="the invocation does not exist or has completed"),
+                    )
+                )
+            return
+        if r.signal_id is not None and r.signal_id in st.signal_ids:
+            if r.token is not None:
+                effects.append(
+                    Reply(
+                        token=r.token,
+                        invocation_id=r.invocation_id,
+                        result=Outcome(status=409, message="the awakeable was already completed"),
+                    )
+                )
+            return
+        if r.completion_id is not None and r.completion_id in st.completed_ids:
+            return  # a redelivered result
+        st = self._notify(
+            txn,
+            st,
+            r.entry.ty,
+            r.entry.body,
+            st.modified_at_ms,
+            effects,
+            completion_id=r.completion_id,
+            signal_id=r.signal_id,
+        )
+        _save(txn, st)
+        if r.token is not None:
+            effects.append(Reply(token=r.token, invocation_id=r.invocation_id, result=Outcome(status=202)))
+
+    def _apply_attach_sink(self, txn: Txn, r: AttachSink, effects: list[Effect]) -> None:
+        st = _load(txn, r.invocation_id)
+        if st is None:
+            missing = Result(failure=Failure(code=404, message="invocation not found"))
+            if r.sink.token is not None:
+                effects.append(
+                    Reply(token=r.sink.token, invocation_id=r.invocation_id, result=Outcome(status=404, message=""))
+                )
+            else:
+                self._deliver(txn, r.invocation_id, r.sink, missing, effects)
+            return
+        if st.status == Status.COMPLETED and st.result is not None:
+            self._deliver(txn, r.invocation_id, r.sink, st.result, effects)
+            return
+        if r.peek:
+            self._deliver(txn, r.invocation_id, r.sink, None, effects)
+            return
+        _save(txn, replace(st, sinks=(*st.sinks, r.sink)))
+
+    def _apply_fire_timer(self, txn: Txn, r: FireTimer, effects: list[Effect]) -> None:
+        if txn.get(r.key) is None:
+            return  # already fired
+        txn.delete(r.key)
+        wake, inv, cid = keys.parse_timer(r.key)
+        st = _load(txn, inv)
+        if st is None or st.status == Status.COMPLETED:
+            return
+        if cid == keys.TIMER_START:
+            if st.status == Status.SCHEDULED:
+                self._start_or_enqueue(txn, st, wake, effects)
+            return
+        body = messages.notification(completion_id=cid, void=True)
+        st = self._notify(txn, st, MessageType.SLEEP_COMPLETION, body, wake, effects, completion_id=cid)
+        _save(txn, st)
+
+    # ==========================================================================================================
+    # Management: cancel, kill, purge, pause, resume
+    # ==========================================================================================================
+
+    def _apply_manage_invocation(self, txn: Txn, r: ManageInvocation, effects: list[Effect]) -> None:
+        st = _load(txn, r.invocation_id)
+        outcome = self._manage(txn, st, r, effects)
+        if r.token is not None:
+            effects.append(Reply(token=r.token, invocation_id=r.invocation_id, result=outcome))
+
+    def _manage(self, txn: Txn, st: InvocationStatus | None, r: ManageInvocation, effects: list[Effect]) -> Outcome:
+        if st is None:
+            return Outcome(status=404, message="invocation not found")
+        op = r.op
+        now = r.now_ms
+        if op == Op.PURGE:
+            if st.status != Status.COMPLETED:
+                return Outcome(status=409, message="only completed invocations can be purged")
+            txn.delete(keys.retention(st.expires_at_ms, st.invocation_id))
+            self._forget(txn, st)
+            return Outcome(status=200)
+        if st.status == Status.COMPLETED:
+            return Outcome(status=409, message="the invocation has already completed")
+        if op == Op.CANCEL:
+            if st.status in (Status.INBOXED, Status.SCHEDULED):
+                self._remove_pending(txn, st)
+                self._complete(txn, st, Result(failure=CANCELED), now, effects)
+                return Outcome(status=200)
+            if CANCEL_SIGNAL in st.signal_ids:
+                return Outcome(status=202, message="cancellation already requested")
+            body = messages.notification(signal_id=CANCEL_SIGNAL, void=True)
+            st = self._notify(txn, st, MessageType.SIGNAL_NOTIFICATION, body, now, effects, signal_id=CANCEL_SIGNAL)
+            if st.status in (Status.PAUSED, Status.BACKING_OFF):
+                st = replace(st, status=Status.INVOKED, epoch=st.epoch + 1)
+                effects.append(StartAttempt(invocation_id=st.invocation_id, epoch=st.epoch))
+            _save(txn, st)
+            return Outcome(status=202)
+        if op == Op.KILL:
+            self._remove_pending(txn, st)
+            self._kill(txn, st, KILLED, now, effects)
+            return Outcome(status=200)
+        if op == Op.PAUSE:
+            if st.status == Status.PAUSED:
+                return Outcome(status=200, message="already paused")
+            if st.status in (Status.INBOXED, Status.SCHEDULED):
+                return Outcome(status=409, message="the invocation is not running")
+            effects.append(AbortAttempt(invocation_id=st.invocation_id))
+            _save(txn, replace(st, status=Status.PAUSED, epoch=st.epoch + 1, modified_at_ms=now))
+            return Outcome(status=202)
+        if op == Op.RESUME:
+            if st.status in (Status.PAUSED, Status.BACKING_OFF, Status.SUSPENDED):
+                st = replace(st, status=Status.INVOKED, epoch=st.epoch + 1, retry_count=0, modified_at_ms=now)
+                _save(txn, st)
+                effects.append(StartAttempt(invocation_id=st.invocation_id, epoch=st.epoch))
+            return Outcome(status=200)
+        return Outcome(status=400, message=f"unknown operation {op}")
+
+    def _kill(self, txn: Txn, st: InvocationStatus, failure: Failure, now_ms: int, effects: list[Effect]) -> None:
+        effects.append(AbortAttempt(invocation_id=st.invocation_id))
+        children = st.children
+        self._complete(txn, st, Result(failure=failure), now_ms, effects)
+        for child in children:
+            self._emit(txn, ManageInvocation(invocation_id=child, op=Op.KILL, now_ms=now_ms), effects)
+
+    def _remove_pending(self, txn: Txn, st: InvocationStatus) -> None:
+        """Take an inboxed / scheduled invocation out of its queue (it never held the lock)."""
+        if st.status == Status.INBOXED and st.target.key is not None:
+            txn.delete(keys.inbox(st.target.service, st.target.key, st.inbox_seq))
+        if st.status == Status.SCHEDULED:
+            txn.delete(keys.timer(st.execution_time_ms, st.invocation_id, keys.TIMER_START))
+
+    # ==========================================================================================================
+    # Retention, metadata, outbox
+    # ==========================================================================================================
+
     def _apply_cleanup(self, txn: Txn, r: Cleanup, effects: list[Effect]) -> None:
-        n = self.config.num_partitions
         for key, _ in list(txn.scan(keys.RETENTION, upper=keys.retention_upto(r.now_ms))):
             inv = key[len(keys.RETENTION) + 8 :]
-            if partition_for(InvocationId.from_bytes(inv).partition_key, n) != self.partition_id:
+            if not self._owns(inv):
                 continue
             txn.delete(key)
             st = _load(txn, inv)
             if st is not None and st.status == Status.COMPLETED and st.expires_at_ms <= r.now_ms:
-                _delete_invocation(txn, st)
+                self._forget(txn, st)
+
+    def _forget(self, txn: Txn, st: InvocationStatus) -> None:
+        """Delete a completed invocation; a workflow's ``run`` takes the workflow's state and promises along."""
+        _delete_invocation(txn, st)
+        t = st.target
+        if t.service_ty == ServiceType.WORKFLOW and t.handler_ty == HandlerType.WORKFLOW and t.key is not None:
+            for table in (keys.STATE, keys.PROMISE, keys.PROMISE_WAITER):
+                for k, _ in list(txn.scan(keys.object_prefix(table, t.service, t.key))):
+                    txn.delete(k)
 
     def _apply_put_metadata(self, txn: Txn, r: PutMetadata, effects: list[Effect]) -> None:
         if r.value is None:
@@ -508,9 +1007,26 @@ class PartitionProcessor:
             txn.put(keys.metadata(r.key), r.value)
         effects.append(MetadataChanged(key=r.key, value=r.value))
 
-    # ------------------------------------------------------------------------------------------------------
+    def _apply_outbox_delivery(self, txn: Txn, r: OutboxDelivery, effects: list[Effect]) -> None:
+        producer = keys.dedup(f"outbox/{r.source}")
+        raw = txn.get(producer)
+        if raw is not None and r.seq <= keys.parse_u64(raw):
+            return
+        txn.put(producer, keys.u64(r.seq))
+        self._apply(txn, r.record, effects)
+
+    def _apply_truncate_outbox(self, txn: Txn, r: TruncateOutbox, effects: list[Effect]) -> None:
+        prefix = keys.outbox_prefix(self.partition_id)
+        for k, _ in list(txn.scan(prefix, upper=keys.outbox(self.partition_id, r.seq + 1))):
+            txn.delete(k)
+
+    # ==========================================================================================================
     # Helpers
-    # ------------------------------------------------------------------------------------------------------
+    # ==========================================================================================================
+
+    def _service(self, txn: Txn, name: str) -> Service | None:
+        raw = txn.get(keys.metadata(f"service/{name}"))
+        return None if raw is None else service_from_row(raw)
 
     def _retry_policy(self, txn: Txn, service: str, handler: str) -> _RetryPolicy:
         base = self.config.invoker.retry_policy
@@ -533,6 +1049,17 @@ class PartitionProcessor:
         return _RetryPolicy(**values)
 
 
+_STATE_COMMANDS = frozenset(
+    {
+        MessageType.SET_STATE_COMMAND,
+        MessageType.CLEAR_STATE_COMMAND,
+        MessageType.CLEAR_ALL_STATE_COMMAND,
+        MessageType.GET_LAZY_STATE_COMMAND,
+        MessageType.GET_LAZY_STATE_KEYS_COMMAND,
+    }
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _RetryPolicy:
     initial_ms: float
@@ -545,9 +1072,30 @@ class _RetryPolicy:
         return int(min(self.initial_ms * self.factor ** (retry_count - 1), self.max_ms))
 
 
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def _result_notification(cid: int, result: Result | None, *, void_if_none: bool = False) -> bytes:
+    if result is None:
+        assert void_if_none
+        return messages.notification(completion_id=cid, void=True)
+    if result.failure is not None:
+        f = result.failure
+        return messages.notification(completion_id=cid, failure=(f.code, f.message), failure_metadata=list(f.metadata))
+    return messages.notification(completion_id=cid, value=result.value or b"")
+
+
 def _load(txn: Txn, invocation_id: bytes) -> InvocationStatus | None:
     raw = txn.get(keys.status(invocation_id))
     return None if raw is None else codec.decode(raw)
+
+
+def _reload(txn: Txn, st: InvocationStatus) -> InvocationStatus:
+    """The row after an inline apply that may have changed it (e.g. an invocation resolving its own awakeable)."""
+    fresh = _load(txn, st.invocation_id)
+    assert fresh is not None
+    return fresh
 
 
 def _save(txn: Txn, st: InvocationStatus) -> None:
@@ -556,12 +1104,11 @@ def _save(txn: Txn, st: InvocationStatus) -> None:
 
 def _append_journal(txn: Txn, st: InvocationStatus, entry: JournalEntry, now_ms: int) -> InvocationStatus:
     txn.put(keys.journal(st.invocation_id, st.journal_length), codec.encode(entry))
-    return replace(
-        st, journal_length=st.journal_length + 1, last_entry_at_ms=now_ms, retry_count_since_last_entry=0
-    )
+    return replace(st, journal_length=st.journal_length + 1, last_entry_at_ms=now_ms, retry_count_since_last_entry=0)
 
 
 def _delete_invocation(txn: Txn, st: InvocationStatus) -> None:
     txn.delete(keys.status(st.invocation_id))
+    txn.delete(keys.active(st.invocation_id))
     for index in range(st.journal_length):
         txn.delete(keys.journal(st.invocation_id, index))

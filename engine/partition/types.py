@@ -88,6 +88,8 @@ class Sink:
     token: str | None = None
     parent: bytes | None = None
     completion_id: int = 0
+    # the notification type the parent gets: CallCompletion (0x800D) or AttachInvocationCompletion (0x8012)
+    notification_ty: int = 0x800D
 
 
 @register(5)
@@ -208,7 +210,92 @@ class ResumeAttempt:
     epoch: int
 
 
-Record = Invoke | AppendEntries | Suspend | AttemptFailed | End | Cleanup | PutMetadata | ResumeAttempt
+@register(109)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendNotification:
+    """Append a notification to ``invocation_id``'s journal (a call's result, an awakeable or other signal).
+
+    ``token``: an in-memory waiter to answer with the outcome (202 / 404 unknown / 409 already completed)."""
+
+    invocation_id: bytes
+    entry: JournalEntry
+    completion_id: int | None = None
+    signal_id: int | None = None
+    signal_name: str | None = None
+    token: str | None = None
+
+
+@register(110)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttachSink:
+    """Deliver ``invocation_id``'s result to ``sink`` when it completes (at once if it already has).
+    ``peek``: answer now with the output or "not ready" (GetInvocationOutput / ingress output)."""
+
+    invocation_id: bytes
+    sink: Sink
+    peek: bool = False
+
+
+@register(111)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FireTimer:
+    key: bytes
+
+
+class Op(enum.IntEnum):
+    CANCEL = 0
+    KILL = 1
+    PURGE = 2
+    PAUSE = 3
+    RESUME = 4
+
+
+@register(112)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManageInvocation:
+    """An operator's (or a parent's) cancel / kill / purge / pause / resume."""
+
+    invocation_id: bytes
+    op: int
+    token: str | None = None
+    now_ms: int = 0
+
+
+@register(113)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxDelivery:
+    """A record another partition emitted for this one: applied at most once per (source, seq)."""
+
+    source: int
+    seq: int
+    record: Invoke | AppendNotification | AttachSink | ManageInvocation
+
+
+@register(114)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TruncateOutbox:
+    """Outbox rows up to ``seq`` were delivered (durably) to their partitions."""
+
+    seq: int
+
+
+Record = (
+    Invoke
+    | AppendEntries
+    | Suspend
+    | AttemptFailed
+    | End
+    | Cleanup
+    | PutMetadata
+    | ResumeAttempt
+    | AppendNotification
+    | AttachSink
+    | FireTimer
+    | ManageInvocation
+    | OutboxDelivery
+    | TruncateOutbox
+)
+Routed = Invoke | AppendNotification | AttachSink | ManageInvocation
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -248,3 +335,7 @@ class InvocationStatus:
     last_failure: Failure | None = None
     next_retry_at_ms: int = 0
     inbox_seq: int = 0
+    # child invocations started by Call commands (killed with their parent)
+    children: tuple[bytes, ...] = ()
+    execution_time_ms: int = 0
+    one_way: bool = False

@@ -92,3 +92,50 @@ def u64(value: int) -> bytes:
 
 def parse_u64(raw: bytes) -> int:
     return int(_U64.unpack(raw)[0])
+
+
+# --- timers, outbox, promises ---------------------------------------------------------------------------------
+
+TIMER = b"\x0a"
+OUTBOX = b"\x0b"
+OUTBOX_SEQ = b"\x00O"
+PROMISE = b"\x0c"
+PROMISE_WAITER = b"\x0d"
+
+TIMER_START = 0xFFFFFFFF  # completion id slot of a timer that starts a scheduled (delayed) invocation
+_U32S = struct.Struct(">I")
+
+
+def timer(wake_ms: int, invocation_id: bytes, completion_id: int) -> bytes:
+    return TIMER + _U64.pack(max(0, wake_ms)) + invocation_id + _U32S.pack(completion_id)
+
+
+def parse_timer(key: bytes) -> tuple[int, bytes, int]:
+    wake = int(_U64.unpack_from(key, 1)[0])
+    inv = key[9:33]
+    cid = int(_U32S.unpack_from(key, 33)[0])
+    return wake, inv, cid
+
+
+def outbox(partition: int, seq: int) -> bytes:
+    return OUTBOX + _U16.pack(partition) + _U64.pack(seq)
+
+
+def outbox_prefix(partition: int) -> bytes:
+    return OUTBOX + _U16.pack(partition)
+
+
+def outbox_seq(partition: int) -> bytes:
+    return OUTBOX_SEQ + _U16.pack(partition)
+
+
+def promise(service: str, key: str, name: str) -> bytes:
+    return object_prefix(PROMISE, service, key) + name.encode()
+
+
+def promise_waiters(service: str, key: str, name: str) -> bytes:
+    return object_prefix(PROMISE_WAITER, service, key) + _lp(name)
+
+
+def promise_waiter(service: str, key: str, name: str, invocation_id: bytes, completion_id: int) -> bytes:
+    return promise_waiters(service, key, name) + invocation_id + _U32S.pack(completion_id)

@@ -63,9 +63,7 @@ class Store:
     def txn(self) -> Txn:
         return Txn(self)
 
-    def commit(
-        self, txn: Txn, *, partition: int | None = None, lsn: int | None = None, sync: bool = False
-    ) -> None:
+    def commit(self, txn: Txn, *, partition: int | None = None, lsn: int | None = None, sync: bool = False) -> None:
         wb = WriteBatch(raw_mode=True)
         for key, value in txn.writes.items():
             if value is _DELETED:

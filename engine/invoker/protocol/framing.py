@@ -156,8 +156,7 @@ class FrameDecoder:
                 msg_type, flags, length = _HEADER.unpack_from(buf, pos)
                 if length > self._max:
                     raise ProtocolError(
-                        f"message type 0x{msg_type:04X} body of {length} bytes exceeds the limit of "
-                        f"{self._max} bytes"
+                        f"message type 0x{msg_type:04X} body of {length} bytes exceeds the limit of {self._max} bytes"
                     )
                 if msg_type < 0x0400 and msg_type not in _CONTROL_TYPES:
                     raise ProtocolError(f"unknown control message type 0x{msg_type:04X}")

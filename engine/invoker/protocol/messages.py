@@ -152,9 +152,7 @@ def input_command(value: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
 
 
 def _failure(code: int, message: str, metadata: Sequence[tuple[str, str]]) -> pb.Failure:
-    return pb.Failure(
-        code=code, message=message, metadata=[pb.FailureMetadata(key=k, value=v) for k, v in metadata]
-    )
+    return pb.Failure(code=code, message=message, metadata=[pb.FailureMetadata(key=k, value=v) for k, v in metadata])
 
 
 def _failure_tuple(f: pb.Failure) -> FailureTuple:
@@ -182,9 +180,7 @@ def notification(
         raise ValueError("a notification needs exactly one of completion_id, signal_id, signal_name")
     results = int(void) + sum(x is not None for x in (value, failure, invocation_id, state_keys))
     if results != 1:
-        raise ValueError(
-            "a notification needs exactly one of void, value, failure, invocation_id, state_keys"
-        )
+        raise ValueError("a notification needs exactly one of void, value, failure, invocation_id, state_keys")
     if failure_metadata and failure is None:
         raise ValueError("failure_metadata given without failure")
     msg = pb.NotificationTemplate()
