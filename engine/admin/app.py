@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.errors import DeploymentError, LogError, OverloadedError
-from engine.ids import new_deployment_id
+from engine.ids import InvocationId, new_deployment_id
 from engine.invoker.transport import Transport
-from engine.partition.types import PutMetadata
+from engine.partition.effects import Outcome
+from engine.partition.types import ManageInvocation, Op, PutMetadata
 from engine.schema import HANDLER_TY_NAME, SERVICE_TY_NAME, Deployment, Service, registration_records
 
 if TYPE_CHECKING:
@@ -62,6 +64,8 @@ def build_admin_app(engine: Engine) -> web.Application:
         r.add_get(f"{prefix}/services", api.list_services)
         r.add_get(f"{prefix}/services/{{name}}", api.get_service)
         r.add_get(f"{prefix}/services/{{name}}/handlers", api.list_handlers)
+        r.add_patch(f"{prefix}/invocations/{{id}}/{{op}}", api.manage_invocation)
+        r.add_delete(f"{prefix}/invocations/{{id}}", api.delete_invocation)
         r.add_get(f"{prefix}/health", api.health)
         r.add_get(f"{prefix}/openapi", api.openapi)
         r.add_get(f"{prefix}/version", api.version)
@@ -206,6 +210,46 @@ class _Admin:
         logger.info("removed deployment %s", dep_id)
         return web.Response(status=202)
 
+    # ---------------------------------------------------------------------------------------- invocations
+
+    async def manage_invocation(self, request: web.Request) -> web.Response:
+        op = _OPS.get(request.match_info["op"])
+        if op is None:
+            return _error(404, f"unknown invocation operation {request.match_info['op']!r}")
+        return await self._manage(request.match_info["id"], op)
+
+    async def delete_invocation(self, request: web.Request) -> web.Response:
+        """Deprecated combined endpoint: ``DELETE /invocations/{id}?mode=cancel|kill|purge`` (202)."""
+        mode = request.query.get("mode", "cancel")
+        op = _OPS.get(mode)
+        if op is None or mode not in ("cancel", "kill", "purge"):
+            return _error(400, f"bad mode {mode!r}: expected cancel, kill or purge")
+        resp = await self._manage(request.match_info["id"], op)
+        return web.Response(status=202) if resp.status < 300 else resp
+
+    async def _manage(self, text: str, op: Op) -> web.Response:
+        try:
+            inv = InvocationId.parse(text)
+        except ValueError as exc:
+            return _error(400, f"bad invocation id: {exc}")
+        engine = self.engine
+        token = uuid.uuid4().hex
+        waiter = engine.register_waiter(token)
+        try:
+            try:
+                await engine.propose_routed(
+                    ManageInvocation(invocation_id=inv.to_bytes(), op=op, token=token, now_ms=engine.now_ms())
+                )
+            except (OverloadedError, LogError) as exc:
+                return _error(503, f"try again: {exc}")
+            outcome = await waiter
+        finally:
+            engine.drop_waiter(token)
+        assert isinstance(outcome, Outcome)
+        if outcome.status >= 400:
+            return _error(outcome.status, outcome.message)
+        return web.Response(status=outcome.status)
+
     # ---------------------------------------------------------------------------------------- services
 
     async def list_services(self, request: web.Request) -> web.Response:
@@ -224,6 +268,9 @@ class _Admin:
         if svc is None:
             return _error(404, f"service {request.match_info['name']} not found")
         return web.json_response({"handlers": _service_json(svc)["handlers"]})
+
+
+_OPS = {"cancel": Op.CANCEL, "kill": Op.KILL, "purge": Op.PURGE, "pause": Op.PAUSE, "resume": Op.RESUME}
 
 
 def _name(s: Service) -> str:

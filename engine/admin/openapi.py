@@ -98,6 +98,39 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "Handlers"}, "404": _error("Unknown service")},
             },
         },
+        "/invocations/{id}/{operation}": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "operation",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"enum": ["cancel", "kill", "purge", "pause", "resume"]},
+                },
+            ],
+            "patch": {
+                "operationId": "manage_invocation",
+                "summary": "cancel (graceful, compensations run), kill (immediate), purge (a completed one), pause, "
+                "resume",
+                "responses": {
+                    "200": {"description": "Done"},
+                    "202": {"description": "Accepted: a cancel signal was sent / the attempt is being paused"},
+                    "400": _error("Bad invocation id"),
+                    "404": _error("Unknown invocation"),
+                    "409": _error("Wrong state (e.g. already completed, or purge of a running invocation)"),
+                },
+            },
+        },
+        "/invocations/{id}": {
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "delete": {
+                "operationId": "delete_invocation",
+                "deprecated": True,
+                "summary": "mode=cancel|kill|purge",
+                "parameters": [{"name": "mode", "in": "query", "schema": {"enum": ["cancel", "kill", "purge"]}}],
+                "responses": {"202": {"description": "Accepted"}, "404": _error("Unknown invocation")},
+            },
+        },
         "/health": {
             "get": {
                 "operationId": "health",

@@ -272,6 +272,7 @@ class Invoker:
         stream: AttemptStream | None = None
         entries: list[JournalEntry] = []
         pusher: asyncio.Task[None] | None = None
+        pump: asyncio.Task[None] | None = None
         try:
             try:
                 async with asyncio.timeout(abort):
@@ -289,13 +290,21 @@ class Invoker:
                 attempt.ready = True
                 pusher = asyncio.create_task(self._push_notifications(stream, attempt))
             decoder = FrameDecoder(self._config.invoker.message_size_limit_bytes)
-            chunks = stream.chunks().__aiter__()
+            # Read through a pump task: a timeout must not cancel the chunks() generator itself (cancelling an
+            # async generator's __anext__ closes it, and the rest of the response would be lost).
+            received: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=_PUMP_QUEUE_LIMIT)
+            pump = asyncio.create_task(_pump(stream, received))
             request_open = stream.duplex
             deadline = inactivity if request_open else abort
             while True:
                 try:
                     async with asyncio.timeout(deadline):
-                        chunk = await chunks.__anext__()
+                        item = await received.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    if item is None:
+                        raise StopAsyncIteration
+                    chunk = item
                 except StopAsyncIteration:
                     if entries:
                         await self._flush(inv, epoch, entries)
@@ -335,6 +344,8 @@ class Invoker:
         finally:
             if pusher is not None:
                 pusher.cancel()
+            if pump is not None:
+                pump.cancel()
             if stream is not None:
                 try:
                     await stream.end_request()
@@ -463,6 +474,20 @@ class Invoker:
                         break
                     state.append((k[len(prefix) :], v))
         return _Loaded(status=st, journal=journal, state=state, partial_state=partial)
+
+
+_PUMP_QUEUE_LIMIT = 64
+
+
+async def _pump(stream: AttemptStream, out: asyncio.Queue[bytes | BaseException | None]) -> None:
+    """Move response chunks into a bounded queue; end with None, or the exception that ended the stream."""
+    try:
+        async for chunk in stream.chunks():
+            await out.put(chunk)
+    except Exception as exc:
+        await out.put(exc)
+        return
+    await out.put(None)
 
 
 def _status_message(status: int) -> str:
