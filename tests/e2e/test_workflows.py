@@ -183,3 +183,39 @@ async def test_attach_and_output_of_a_workflow(
             get(http, f"{url}/restate/workflow/Flow/o1/attach"),
         ):
             assert (await probe)[:2] == (200, "x:v")
+
+
+async def test_workflow_retention_then_cleanup(
+    engine_factory: EngineFactory, mode: str, deployment3: DeploymentProcess, http: aiohttp.ClientSession
+) -> None:
+    """ShortFlow declares workflow_retention = 1 s: after it, the run's result, state and promises are gone and
+    the same workflow id runs again."""
+    overrides = {"invocation": {"cleanup_interval": "100ms"}}
+    async with engine3(engine_factory, mode, deployment3, http, **overrides) as engine:
+        url = engine.ingress_url
+        assert (await post(http, url + "/ShortFlow/s1/run", "a"))[:2] == (200, "a")
+        assert (await post(http, url + "/ShortFlow/s1/get"))[:2] == (200, "a")
+        assert (await post(http, url + "/ShortFlow/s1/run", "b"))[0] == 409
+        await asyncio.sleep(1.5)
+        assert (await post(http, url + "/ShortFlow/s1/get"))[:2] == (200, None)
+        assert (await get(http, url + "/restate/workflow/ShortFlow/s1/output"))[0] == 404
+        assert (await post(http, url + "/ShortFlow/s1/run", "b"))[:2] == (200, "b")
+
+
+async def test_attach_invocation_command(
+    engine_factory: EngineFactory, mode: str, deployment3: DeploymentProcess, http: aiohttp.ClientSession
+) -> None:
+    """ctx.attach_invocation (AttachInvocationCommand) waits for another invocation's result, across
+    partitions, and a missing target fails the attacher with 404."""
+    async with engine3(engine_factory, mode, deployment3, http) as engine:
+        url = engine.ingress_url
+        status, sent, _ = await post(http, url + "/Flow/att/run/send", "q")
+        assert status == 202
+        waiting = asyncio.create_task(post(http, url + "/Attacher/attach", sent["invocationId"]))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        assert (await post(http, url + "/Flow/att/signal", "go"))[0] == 200
+        assert (await asyncio.wait_for(waiting, 10))[:2] == (200, "q:go")
+        unknown = "inv_1" + "0" * 33
+        status, body, _ = await post(http, url + "/Attacher/attach", unknown)
+        assert status == 404, body

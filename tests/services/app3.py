@@ -328,9 +328,38 @@ async def book(ctx: Context, x: str) -> str:
     return f"booked {x}"
 
 
+# --------------------------------------------------------------------------------------------------------------
+# ShortFlow: a workflow whose completion is retained for 1 s only (state and promises go with it)
+# Attacher: the AttachInvocation command from code
+# --------------------------------------------------------------------------------------------------------------
+
+short_flow = restate.Workflow("ShortFlow")
+
+
+@short_flow.main(name="run", workflow_retention=timedelta(seconds=1))
+async def short_run(ctx: WorkflowContext, x: str) -> str:
+    ctx.set("v", x)
+    return x
+
+
+@short_flow.handler(name="get")
+async def short_get(ctx: WorkflowSharedContext) -> str | None:
+    return await ctx.get("v", type_hint=str)
+
+
+attacher = restate.Service("Attacher")
+
+
+@attacher.handler(name="attach")
+async def attach(ctx: Context, invocation_id: str) -> str:
+    return await ctx.attach_invocation(invocation_id, type_hint=str)
+
+
 SERVICES: list[restate.Service | restate.VirtualObject | restate.Workflow] = [
-    counter2, waiter_box, sleeper, caller, waiter, resolver, flow, saga,
+    counter2, waiter_box, sleeper, caller, waiter, resolver, flow, saga, short_flow, attacher,
 ]  # fmt: skip
-SERVICE_NAMES = ["Counter2", "WaiterBox", "Sleeper", "Caller", "Waiter", "Resolver", "Flow", "Saga"]
+SERVICE_NAMES = [
+    "Counter2", "WaiterBox", "Sleeper", "Caller", "Waiter", "Resolver", "Flow", "Saga", "ShortFlow", "Attacher",
+]  # fmt: skip
 
 app = restate.app(services=SERVICES)
