@@ -2,7 +2,7 @@
 
 Served in-process (``AsgiTransport``) and by hypercorn over HTTP/1.1
 (``python -m hypercorn tests.engine.invoker.sdk_app:app``). Same services and behaviour as the
-transcripts' deployment, so the recorded bytes (``/work/shared/reference/transcripts``) replay here.
+transcripts' deployment, so the recorded bytes (``tests/golden``) replay here.
 """
 
 from __future__ import annotations

@@ -23,8 +23,6 @@ from engine.invoker.discovery import (
 
 _HERE = Path(__file__).resolve()
 GOLDEN = _HERE.parents[2] / "golden"
-if not (GOLDEN / "discover.json").exists():  # the reference copy, before tests/golden existed
-    GOLDEN = Path("/work/shared/reference/transcripts")
 
 V4 = "application/vnd.restate.endpointmanifest.v4+json"
 HEADERS = {"content-type": V4, "x-restate-server": "restate-sdk-python/1.3.0"}

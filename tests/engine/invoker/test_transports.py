@@ -30,8 +30,6 @@ from engine.invoker.transport_http import HttpTransport, open_http_session
 REPO = Path(__file__).resolve().parents[3]
 APP_SPEC = "tests.engine.invoker.sdk_app:app"
 GOLDEN = REPO / "tests" / "golden"
-if not (GOLDEN / "bidi-greeter.json").exists():
-    GOLDEN = Path("/work/shared/reference/transcripts")
 
 V6 = "application/vnd.restate.invocation.v6"
 
