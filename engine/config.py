@@ -114,6 +114,17 @@ class AdminSection(_Section):
     address: str = DEFAULT_ADMIN_ADDRESS
 
 
+class IngressKafkaSection(_Section):
+    # How long a partition stays paused before the consumer checks again whether the engine has room.
+    backpressure_check_interval: timedelta = timedelta(milliseconds=50)
+    # Records fetched per poll (per consumer); bounded so one poll's invocations fit the log queue.
+    max_poll_records: int = Field(500, ge=1)
+    # A subscription's consumer that crashes is restarted with exponential back-off up to this.
+    restart_max_backoff: timedelta = timedelta(seconds=10)
+
+    _durations = field_validator("backpressure_check_interval", "restart_max_backoff", mode="before")(parse_duration)
+
+
 class InvocationSection(_Section):
     default_idempotency_retention: timedelta = timedelta(hours=24)
     default_journal_retention: timedelta = timedelta(hours=24)
@@ -135,11 +146,14 @@ class EngineConfig(_Section):
     graceful_shutdown_timeout: timedelta = timedelta(seconds=10)
     # ``module:app`` of an SDK ASGI app to mount in-process (registered at start-up).
     app: str | None = None
+    # Components outside engine/ that the server loads by name (the Kafka subscriptions control and data plane).
+    extensions: tuple[str, ...] = ("ingress_kafka.extension:KafkaExtension",)
     log: LogSection = LogSection()
     storage: StorageSection = StorageSection()
     invoker: InvokerSection = InvokerSection()
     timers: TimersSection = TimersSection()
     ingress_http: IngressHttpSection = IngressHttpSection()
+    ingress_kafka: IngressKafkaSection = IngressKafkaSection()
     admin: AdminSection = AdminSection()
     invocation: InvocationSection = InvocationSection()
 

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from engine.config import EngineConfig, split_address
 from engine.errors import ConfigError, DeploymentError, LogError, OverloadedError
+from engine.extensions import Extension, load_extension
 from engine.ids import InvocationId, partition_for
 from engine.invoker.invoker import Invoker
 from engine.invoker.transport import Transport
@@ -30,6 +31,7 @@ from engine.invoker.transport_http import HttpTransport, open_http_session
 from engine.partition.effects import (
     AbortAttempt,
     Effect,
+    ExternalDelivery,
     MetadataChanged,
     Notify,
     NotReady,
@@ -74,6 +76,7 @@ class Engine:
         self.invoker = Invoker(config, store, self.registry, self.propose_to, self.transport_for)
         self.ingress_url = ""
         self.admin_url = ""
+        self.extensions: list[Extension] = []
 
     # ------------------------------------------------------------------------------------------------------
     # Lifecycle
@@ -117,11 +120,18 @@ class Engine:
                 self._on_effects(pid, effects)
         for spec in self.asgi_apps:
             await self._register_asgi_app(spec)
-        from engine.admin.app import build_admin_app
+        from engine.admin.app import ADMIN_PREFIXES, build_admin_app
         from engine.ingress_http.app import build_ingress_app
 
+        for spec in config.extensions:
+            self.extensions.append(load_extension(spec, self))
+        admin_app = build_admin_app(self)
+        for extension in self.extensions:
+            extension.add_admin_routes(admin_app, ADMIN_PREFIXES)
+        for extension in self.extensions:
+            await extension.start()
         self.ingress_url = await self._listen(build_ingress_app(self), config.ingress_http.address)
-        self.admin_url = await self._listen(build_admin_app(self), config.admin.address)
+        self.admin_url = await self._listen(admin_app, config.admin.address)
         logger.info("capstan ready: ingress %s, admin %s, data %s", self.ingress_url, self.admin_url, config.data_dir)
 
     async def _run_partition(self, p: Partition) -> None:
@@ -199,6 +209,12 @@ class Engine:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        for extension in reversed(self.extensions):
+            try:
+                await extension.aclose()
+            except Exception:
+                logger.exception("closing an extension failed")
+        self.extensions.clear()
         await self.invoker.aclose()
         for p in self.partitions:
             await p.aclose()
@@ -240,6 +256,19 @@ class Engine:
 
     def propose_to(self, invocation_id: bytes, record: Record) -> asyncio.Future[int]:
         return self.partition_of(invocation_id).propose_nowait(record)
+
+    async def metadata_rows(self, prefix: str) -> list[tuple[str, bytes]]:
+        """Stored metadata rows whose key starts with ``prefix`` (e.g. ``"subscription/"``)."""
+        rows = await asyncio.to_thread(lambda: list(self.store.scan(keys.metadata(prefix))))
+        return [(k[len(keys.METADATA) :].decode(), v) for k, v in rows]
+
+    async def active_invocations(self) -> int:
+        """How many invocations have not completed (running, suspended, waiting, scheduled, paused)."""
+        return await asyncio.to_thread(lambda: sum(1 for _ in self.store.scan(keys.ACTIVE)))
+
+    def idle_partitions(self) -> bool:
+        """No proposed record is waiting to be applied."""
+        return all(p.statistics().pending == 0 for p in self.partitions)
 
     def propose_routed(self, record: Routed) -> asyncio.Future[int]:
         """Propose a record to the partition that owns its invocation (ingress and admin use this)."""
@@ -315,8 +344,13 @@ class Engine:
                     self.timers.schedule(effect.wake_ms, effect.key)
                 case AbortAttempt():
                     self.invoker.abort(effect.invocation_id)
+                case ExternalDelivery():
+                    if not any(ext.on_external(effect) for ext in self.extensions):
+                        logger.warning("no extension handles sink %s; the failure stays stored", effect.route)
                 case MetadataChanged():
                     self.registry.apply(effect.key, effect.value)
+                    for extension in self.extensions:
+                        extension.on_metadata(effect.key, effect.value)
                     kind, _, name = effect.key.partition("/")
                     if kind == "deployment":
                         stale = self._transports.pop(name, None)

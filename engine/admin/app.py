@@ -43,6 +43,9 @@ class RegisterDeploymentRequest(BaseModel):
     dry_run: bool = False
 
 
+ADMIN_PREFIXES = ("", "/v2", "/v3", "/v4")
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"message": message}, status=status)
 
@@ -50,12 +53,8 @@ def _error(status: int, message: str) -> web.Response:
 def build_admin_app(engine: Engine) -> web.Application:
     api = _Admin(engine)
 
-    @web.middleware
-    async def version_prefix(request: web.Request, handler: Any) -> web.StreamResponse:
-        return await handler(request)  # type: ignore[no-any-return]
-
-    app = web.Application(middlewares=[version_prefix], client_max_size=4 * 1024 * 1024)
-    for prefix in ("", "/v2", "/v3", "/v4"):
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    for prefix in ADMIN_PREFIXES:
         r = app.router
         r.add_post(f"{prefix}/deployments", api.register_deployment)
         r.add_get(f"{prefix}/deployments", api.list_deployments)

@@ -136,6 +136,12 @@ class AdminClient:
         """``GET /services/{name}``: one ``ServiceMetadata``."""
         return await self._json("GET", f"/services/{_segment(name)}")
 
+    async def request(
+        self, method: str, path: str, *, body: Json | None = None, params: Mapping[str, str] | None = None
+    ) -> Json:
+        """Any admin API call (``path`` starts with ``/``); the decoded JSON object, ``{}`` when empty."""
+        return await self._json(method, path, body=body, params=params)
+
     # ---------------------------------------------------------------------------------------------------------
     # Transport
     # ---------------------------------------------------------------------------------------------------------

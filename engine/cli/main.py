@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from engine.cli import kafka_parsers
+
 logger = logging.getLogger(__name__)
 
 PROG = "capstan"
@@ -131,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_deployments(commands, client)
     _add_services(commands, client)
+    kafka_parsers.add_parsers(commands, client, _header)
     return parser
 
 
@@ -317,6 +320,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
+    if args.client_command[0] in ("kafka-clusters", "subscriptions"):
+        from engine.cli import kafka_commands
+
+        return kafka_commands.run(args)
     from engine.cli import admin_commands
 
     return admin_commands.run(args)

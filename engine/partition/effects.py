@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.partition.types import JournalEntry, Result, Routed
+from engine.partition.types import Failure, JournalEntry, Result, Routed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,4 +81,17 @@ class MetadataChanged:
     value: bytes | None
 
 
-Effect = StartAttempt | Notify | Reply | MetadataChanged | SendOutbox | ScheduleTimer | AbortAttempt
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExternalDelivery:
+    """Tell an extension's sink (``route``) that an invocation failed terminally; when handled, the extension
+    proposes ``AckExternal(key)`` to ``partition``. Re-sent after a crash until acknowledged."""
+
+    partition: int
+    key: bytes
+    route: str
+    context: bytes
+    invocation_id: bytes
+    failure: Failure
+
+
+Effect = StartAttempt | Notify | Reply | MetadataChanged | SendOutbox | ScheduleTimer | AbortAttempt | ExternalDelivery

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
 from engine import codec
+from engine.codec import register
 from engine.config import EngineConfig
 from engine.ids import (
     InvocationId,
@@ -43,6 +44,7 @@ from engine.invoker.protocol.framing import MessageType, is_command
 from engine.partition.effects import (
     AbortAttempt,
     Effect,
+    ExternalDelivery,
     MetadataChanged,
     Notify,
     NotReady,
@@ -54,6 +56,7 @@ from engine.partition.effects import (
     StartAttempt,
 )
 from engine.partition.types import (
+    AckExternal,
     AppendEntries,
     AppendNotification,
     AttachSink,
@@ -148,6 +151,18 @@ class PartitionProcessor:
         for key, raw in self.store.scan(keys.outbox_prefix(self.partition_id)):
             seq = keys.parse_u64(key[-8:])
             effects.append(SendOutbox(partition=self.partition_id, seq=seq, record=codec.decode(raw)))
+        for key, raw in self.store.scan(keys.external_prefix(self.partition_id)):
+            row: _ExternalRow = codec.decode(raw)
+            effects.append(
+                ExternalDelivery(
+                    partition=self.partition_id,
+                    key=key,
+                    route=row.route,
+                    context=row.context,
+                    invocation_id=row.invocation_id,
+                    failure=row.failure,
+                )
+            )
         return effects
 
     def _owns(self, invocation_id: bytes) -> bool:
@@ -184,6 +199,8 @@ class PartitionProcessor:
                 self._apply_outbox_delivery(txn, record, effects)
             case TruncateOutbox():
                 self._apply_truncate_outbox(txn, record, effects)
+            case AckExternal():
+                self._apply_ack_external(txn, record, effects)
             case _:
                 assert_never(record)
 
@@ -254,14 +271,15 @@ class PartitionProcessor:
     def _start_or_enqueue(self, txn: Txn, st: InvocationStatus, now_ms: int, effects: list[Effect]) -> None:
         target = st.target
         if target.exclusive:
-            assert target.key is not None
-            lock_key = keys.lock(target.service, target.key)
+            lk = target.lock_key
+            assert lk is not None
+            lock_key = keys.lock(target.service, lk)
             if txn.get(lock_key) is not None:
-                seq_key = keys.inbox_seq(target.service, target.key)
+                seq_key = keys.inbox_seq(target.service, lk)
                 raw_seq = txn.get(seq_key)
                 seq = 0 if raw_seq is None else keys.parse_u64(raw_seq)
                 txn.put(seq_key, keys.u64(seq + 1))
-                txn.put(keys.inbox(target.service, target.key, seq), st.invocation_id)
+                txn.put(keys.inbox(target.service, lk, seq), st.invocation_id)
                 _save(txn, replace(st, status=Status.INBOXED, inbox_seq=seq, modified_at_ms=now_ms))
                 return
             txn.put(lock_key, st.invocation_id)
@@ -302,6 +320,10 @@ class PartitionProcessor:
                 Reply(token=sink.token, invocation_id=invocation_id, result=NotReady() if result is None else result)
             )
             return
+        if sink.external is not None:
+            if result is not None and result.failure is not None:
+                self._external(txn, invocation_id, sink, result.failure, effects)
+            return
         if sink.parent is None:
             return
         cid = sink.completion_id
@@ -324,6 +346,33 @@ class PartitionProcessor:
             effects,
         )
 
+    def _external(self, txn: Txn, invocation_id: bytes, sink: Sink, failure: Failure, effects: list[Effect]) -> None:
+        """Keep a durable EXTERNAL row for an extension's sink until it acknowledges it (AckExternal)."""
+        assert sink.external is not None
+        seq_key = keys.external_seq(self.partition_id)
+        raw = txn.get(seq_key)
+        seq = 1 if raw is None else keys.parse_u64(raw) + 1
+        txn.put(seq_key, keys.u64(seq))
+        row = keys.external(self.partition_id, seq)
+        delivery = ExternalDelivery(
+            partition=self.partition_id,
+            key=row,
+            route=sink.external,
+            context=sink.context,
+            invocation_id=invocation_id,
+            failure=failure,
+        )
+        txn.put(
+            row,
+            codec.encode(
+                _ExternalRow(route=sink.external, context=sink.context, invocation_id=invocation_id, failure=failure)
+            ),
+        )
+        effects.append(delivery)
+
+    def _apply_ack_external(self, txn: Txn, r: AckExternal, effects: list[Effect]) -> None:
+        txn.delete(r.key)
+
     def _complete(self, txn: Txn, st: InvocationStatus, result: Result, now_ms: int, effects: list[Effect]) -> None:
         retention_ms = max(st.retention.completion_ms, st.retention.journal_ms)
         expires = now_ms + retention_ms
@@ -345,8 +394,9 @@ class PartitionProcessor:
         else:
             _save(txn, done)
             txn.put(keys.retention(expires, st.invocation_id), b"")
-        if st.target.exclusive and st.target.key is not None:
-            self._release_lock(txn, st.target.service, st.target.key, st.invocation_id, now_ms, effects)
+        lk = st.target.lock_key
+        if st.target.exclusive and lk is not None:
+            self._release_lock(txn, st.target.service, lk, st.invocation_id, now_ms, effects)
         for sink in st.sinks:
             self._deliver(txn, st.invocation_id, sink, result, effects)
 
@@ -972,8 +1022,9 @@ class PartitionProcessor:
 
     def _remove_pending(self, txn: Txn, st: InvocationStatus) -> None:
         """Take an inboxed / scheduled invocation out of its queue (it never held the lock)."""
-        if st.status == Status.INBOXED and st.target.key is not None:
-            txn.delete(keys.inbox(st.target.service, st.target.key, st.inbox_seq))
+        lk = st.target.lock_key
+        if st.status == Status.INBOXED and lk is not None:
+            txn.delete(keys.inbox(st.target.service, lk, st.inbox_seq))
         if st.status == Status.SCHEDULED:
             txn.delete(keys.timer(st.execution_time_ms, st.invocation_id, keys.TIMER_START))
 
@@ -1058,6 +1109,15 @@ _STATE_COMMANDS = frozenset(
         MessageType.GET_LAZY_STATE_KEYS_COMMAND,
     }
 )
+
+
+@register(250)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _ExternalRow:
+    route: str
+    context: bytes
+    invocation_id: bytes
+    failure: Failure
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

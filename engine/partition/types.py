@@ -45,6 +45,9 @@ class Target:
     key: str | None = None
     service_ty: int = ServiceType.SERVICE
     handler_ty: int = HandlerType.EXCLUSIVE
+    # Serialises invocations of a plain service that share it (Kafka "ordered per partition" delivery), through
+    # the same lock and FIFO inbox as an object key. Never sent to the SDK.
+    ordering_key: str | None = None
 
     @property
     def keyed(self) -> bool:
@@ -52,8 +55,17 @@ class Target:
 
     @property
     def exclusive(self) -> bool:
-        """Takes the per-key lock: exclusive object handlers and workflow ``run``."""
+        """Takes the per-key lock: exclusive object handlers, workflow ``run``, ordered service deliveries."""
+        if self.ordering_key is not None:
+            return True
         return self.keyed and self.handler_ty != HandlerType.SHARED
+
+    @property
+    def lock_key(self) -> str | None:
+        """The key whose lock and inbox this invocation uses (None: no lock)."""
+        if self.ordering_key is not None:
+            return "\x00ordered/" + self.ordering_key
+        return self.key
 
     def display(self) -> str:
         if self.key is None:
@@ -90,6 +102,10 @@ class Sink:
     completion_id: int = 0
     # the notification type the parent gets: CallCompletion (0x800D) or AttachInvocationCompletion (0x8012)
     notification_ty: int = 0x800D
+    # an extension's durable sink (e.g. "kafka-dlq/<subscription>"), told about terminal failures only; ``context``
+    # is the extension's own bytes (e.g. the original Kafka record)
+    external: str | None = None
+    context: bytes = b""
 
 
 @register(5)
@@ -279,6 +295,14 @@ class TruncateOutbox:
     seq: int
 
 
+@register(115)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AckExternal:
+    """An extension handled EXTERNAL row ``key`` (e.g. produced it to a dead-letter topic)."""
+
+    key: bytes
+
+
 Record = (
     Invoke
     | AppendEntries
@@ -294,6 +318,7 @@ Record = (
     | ManageInvocation
     | OutboxDelivery
     | TruncateOutbox
+    | AckExternal
 )
 Routed = Invoke | AppendNotification | AttachSink | ManageInvocation
 

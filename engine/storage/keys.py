@@ -139,3 +139,19 @@ def promise_waiters(service: str, key: str, name: str) -> bytes:
 
 def promise_waiter(service: str, key: str, name: str, invocation_id: bytes, completion_id: int) -> bytes:
     return promise_waiters(service, key, name) + invocation_id + _U32S.pack(completion_id)
+
+
+EXTERNAL = b"\x0e"
+EXTERNAL_SEQ = b"\x00E"
+
+
+def external(partition: int, seq: int) -> bytes:
+    return EXTERNAL + _U16.pack(partition) + _U64.pack(seq)
+
+
+def external_prefix(partition: int) -> bytes:
+    return EXTERNAL + _U16.pack(partition)
+
+
+def external_seq(partition: int) -> bytes:
+    return EXTERNAL_SEQ + _U16.pack(partition)

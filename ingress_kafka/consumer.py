@@ -1,0 +1,333 @@
+"""One subscription's consumer: Kafka records → durable invoke records, exactly once, in order per key.
+
+Per fetched batch, for each partition in offset order: decode the key and value, build an ``Invoke`` whose dedup
+tag is (producer = hash(subscription, group, topic, partition, generation), sequence = offset), propose it to the
+engine partition that owns the target (object key → partition), and once every invoke of the batch is durable and
+applied, commit the offsets. A record redelivered after a crash or a rebalance carries the same tag and the engine
+drops it, so each record becomes at most one invocation; offsets move only after durability, so none is lost.
+
+Ordering: records of one Kafka partition are proposed in offset order, and records with the same key go to the
+same engine partition and object key, whose FIFO inbox runs them in that order. A plain-service sink with
+``capstan.ordering=partition`` gets the same treatment with the Kafka partition as the ordering key.
+
+Backpressure: while the engine's invoker backlog is full (or its log queue refuses records) the assigned
+partitions are paused, and resumed when there is room again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import hashlib
+import logging
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from engine.errors import LogError, OverloadedError
+from engine.ids import InvocationId, partition_key_for_key, workflow_invocation_id
+from engine.partition.types import Dedup, HandlerType, Invoke, PutMetadata, Sink, Target
+from engine.schema import Service, retention_policy
+from ingress_kafka.client_config import client_kwargs
+from ingress_kafka.dlq import DeadLetter, error_headers
+from ingress_kafka.formats import PoisonRecordError, RecordDecoder, parse_format_options
+from subscriptions.models import KafkaCluster, Subscription, encode_context
+from subscriptions.registry import SUBSCRIPTION_PREFIX
+
+if TYPE_CHECKING:
+    from engine.server import Engine
+    from ingress_kafka.extension import KafkaExtension
+
+logger = logging.getLogger(__name__)
+
+
+class SinkUnavailableError(Exception):
+    """The sink service/handler is not registered (any more): retry later, never drop the record."""
+
+
+class StuckRecordError(Exception):
+    """A poison record and no dead-letter topic: the partition stops here until an operator acts."""
+
+
+def producer_id(sub: Subscription, topic: str, partition: int) -> str:
+    raw = f"{sub.id}\x00{sub.group_id}\x00{topic}\x00{partition}\x00{sub.generation}".encode()
+    return "kafka/" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+class SubscriptionConsumer:
+    def __init__(self, extension: KafkaExtension, sub: Subscription, cluster: KafkaCluster) -> None:
+        self._ext = extension
+        self._engine: Engine = extension.engine
+        self.sub = sub
+        self.cluster = cluster
+        self._decoder = RecordDecoder(parse_format_options(sub.options), extension.schema_registry(sub))
+        self._cfg = self._engine.config.ingress_kafka
+        self._consumer: AIOKafkaConsumer | None = None
+        self.ingested = 0
+        self.dead_lettered = 0
+        self.paused_times = 0
+        self.paused = False
+        self.last_error: str | None = None
+        self._committed: dict[int, int] = {}
+        self._position: dict[int, int] = {}
+
+    # ----------------------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        sub = self.sub
+        reset = sub.options.get("auto.offset.reset", self.cluster.properties.get("auto.offset.reset", "latest"))
+        props = {**self.cluster.properties, **sub.options}
+        kwargs = client_kwargs(props, consumer=True)
+        kwargs["auto_offset_reset"] = reset
+        consumer = AIOKafkaConsumer(
+            group_id=sub.group_id,
+            enable_auto_commit=False,
+            max_poll_records=self._cfg.max_poll_records,
+            **kwargs,
+        )
+        consumer.subscribe([sub.topic])
+        self._consumer = consumer
+        await consumer.start()
+        try:
+            if sub.replay_pending:
+                await self._seek_for_replay(consumer)
+            while True:
+                batch = await consumer.getmany(timeout_ms=500)
+                if batch:
+                    await self._ingest(consumer, batch)
+        finally:
+            self._consumer = None
+            await consumer.stop()
+
+    async def _ingest(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        service = self._engine.registry.service(self.sub.service)
+        if service is None or self.sub.handler not in service.handlers:
+            raise SinkUnavailableError(f"sink {self.sub.sink} is not registered")
+        applied: list[asyncio.Future[int]] = []
+        offsets: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            for record in records:
+                await self._wait_for_room(consumer)
+                fut = await self._to_invocation(service, tp, record)
+                if fut is not None:
+                    applied.append(fut)
+                offsets[tp] = record.offset + 1
+                self._position[tp.partition] = record.offset + 1
+        if applied:
+            await asyncio.gather(*applied)  # durable and applied: now the offsets may move
+        self.ingested += len(applied)
+        try:
+            await consumer.commit({tp: off for tp, off in offsets.items()})
+            for tp, off in offsets.items():
+                self._committed[tp.partition] = off
+        except CommitFailedError as exc:
+            # A rebalance took the partitions: the next owner re-reads them and the engine drops the duplicates.
+            logger.info(
+                "subscription %s: commit after rebalance failed (%s); duplicates will be dropped", self.sub.id, exc
+            )
+
+    async def _wait_for_room(self, consumer: AIOKafkaConsumer) -> None:
+        if not self._engine.invoker.overloaded():
+            return
+        assigned = list(consumer.assignment())
+        consumer.pause(*assigned)
+        self.paused = True
+        self.paused_times += 1
+        logger.debug("subscription %s: engine busy, partitions paused", self.sub.id)
+        interval = self._cfg.backpressure_check_interval.total_seconds()
+        try:
+            while self._engine.invoker.overloaded():  # noqa: ASYNC110 - polling the backlog is the point
+                await asyncio.sleep(interval)
+        finally:
+            consumer.resume(*assigned)
+            self.paused = False
+
+    async def _to_invocation(
+        self, service: Service, tp: TopicPartition, record: ConsumerRecord
+    ) -> asyncio.Future[int] | None:
+        sub = self.sub
+        handler = service.handlers[sub.handler]
+        try:
+            key = await self._decoder.decode_key(record.key) if record.key is not None else None
+            if service.keyed and key is None:
+                raise PoisonRecordError(
+                    "the record has no key, but the sink is keyed (virtual object/workflow)", stage="key"
+                )
+            body = await self._decoder.decode_value(record.value)
+        except PoisonRecordError as exc:
+            await self._dead_letter(tp, record, stage=exc.stage, code=400, message=exc.reason)
+            return None
+        producer = producer_id(sub, tp.topic, tp.partition)
+        digest = hashlib.sha256(producer.encode() + record.offset.to_bytes(8, "big")).digest()
+        ordering_key: str | None = None
+        target_key: str | None = None
+        if service.keyed:
+            assert key is not None
+            target_key = key
+            if handler.ty == HandlerType.WORKFLOW:
+                inv = workflow_invocation_id(service.name, key)
+            else:
+                inv = InvocationId(partition_key=partition_key_for_key(key), uuid=digest[:16])
+        elif sub.ordered:
+            ordering_key = f"{sub.id}/{tp.topic}/{tp.partition}"
+            inv = InvocationId(partition_key=partition_key_for_key(ordering_key), uuid=digest[:16])
+        else:
+            inv = InvocationId(partition_key=int.from_bytes(digest[16:24], "big"), uuid=digest[:16])
+        headers = [
+            ("kafka.offset", str(record.offset)),
+            ("kafka.topic", tp.topic),
+            ("kafka.partition", str(tp.partition)),
+        ]
+        if record.timestamp is not None and record.timestamp >= 0:
+            headers.append(("kafka.timestamp", str(record.timestamp)))
+        if record.key is not None:
+            headers.append(("kafka.key", base64.urlsafe_b64encode(record.key).decode().rstrip("=")))
+        headers.append(("restate.subscription.id", sub.id))
+        for name, value in record.headers or ():
+            headers.append((name, (value or b"").decode("utf-8", errors="replace")))
+        sink: Sink | None = None
+        if sub.dlq_topic is not None:
+            sink = Sink(
+                external=f"kafka-dlq/{sub.id}",
+                context=encode_context(
+                    {
+                        "cluster": self.cluster.name,
+                        "dlq": sub.dlq_topic,
+                        "subscription": sub.id,
+                        "topic": tp.topic,
+                        "partition": tp.partition,
+                        "offset": record.offset,
+                        "key": record.key,
+                        "value": record.value,
+                        "headers": [[n, v or b""] for n, v in record.headers or ()],
+                    }
+                ),
+            )
+        cfg = self._engine.config.invocation
+        now = int(time.time() * 1000)
+        invoke = Invoke(
+            invocation_id=inv.to_bytes(),
+            target=Target(
+                service=service.name,
+                handler=handler.name,
+                key=target_key,
+                service_ty=service.ty,
+                handler_ty=handler.ty if service.keyed else HandlerType.EXCLUSIVE,
+                ordering_key=ordering_key,
+            ),
+            argument=body,
+            headers=tuple(headers),
+            sink=sink,
+            deployment_id=service.deployment_id,
+            retention=retention_policy(
+                service=service,
+                handler=handler.name,
+                idempotent=False,
+                default_journal_ms=int(cfg.default_journal_retention.total_seconds() * 1000),
+                default_idempotency_ms=int(cfg.default_idempotency_retention.total_seconds() * 1000),
+                default_workflow_ms=int(cfg.default_workflow_completion_retention.total_seconds() * 1000),
+            ),
+            dedup=Dedup(producer=producer, seq=record.offset),
+            now_ms=now,
+            random_seed=int.from_bytes(digest[24:32], "little"),
+        )
+        while True:
+            try:
+                return self._engine.propose(invoke)
+            except OverloadedError:
+                await asyncio.sleep(self._cfg.backpressure_check_interval.total_seconds())
+            except LogError as exc:
+                raise KafkaIngestError(f"the engine refused the record: {exc}") from exc
+
+    async def _dead_letter(
+        self, tp: TopicPartition, record: ConsumerRecord, *, stage: str, code: int, message: str
+    ) -> None:
+        sub = self.sub
+        if sub.dlq_topic is None:
+            self.last_error = (
+                f"partition {tp.partition} offset {record.offset}: {message}; set capstan.dlq.topic to move such "
+                "records aside"
+            )
+            raise StuckRecordError(self.last_error)
+        original = tuple((n, v or b"") for n, v in record.headers or ())
+        await self._ext.dead_letters.send(
+            DeadLetter(
+                cluster=self.cluster.name,
+                topic=sub.dlq_topic,
+                key=record.key,
+                value=record.value,
+                headers=error_headers(
+                    stage=f"decode-{stage}",
+                    code=code,
+                    message=message,
+                    subscription=sub.id,
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    offset=record.offset,
+                    original=original,
+                ),
+            )
+        )
+        self.dead_lettered += 1
+
+    async def _seek_for_replay(self, consumer: AIOKafkaConsumer) -> None:
+        sub = self.sub
+        assert sub.replay_from is not None
+        while not consumer.assignment():
+            await consumer.getmany(timeout_ms=200)  # records fetched before the seek are not processed
+        assigned = sorted(consumer.assignment(), key=lambda t: t.partition)
+        if sub.replay_from == "earliest":
+            await consumer.seek_to_beginning(*assigned)
+        else:
+            when = datetime.datetime.fromisoformat(sub.replay_from)
+            ms = int(when.timestamp() * 1000)
+            found = await consumer.offsets_for_times({tp: ms for tp in assigned})
+            ends = await consumer.end_offsets(assigned)
+            for tp in assigned:
+                hit = found.get(tp)
+                consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+        positions = {tp: await consumer.position(tp) for tp in assigned}
+        await consumer.commit(positions)
+        done = replace(sub, replayed_generation=sub.generation)
+        await self._engine.propose_metadata([PutMetadata(key=SUBSCRIPTION_PREFIX + sub.id, value=done.to_row())])
+        logger.info("subscription %s: replaying from %s", sub.id, sub.replay_from)
+
+    # ----------------------------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        consumer = self._consumer
+        partitions: list[dict[str, Any]] = []
+        if consumer is not None:
+            for tp in sorted(consumer.assignment(), key=lambda t: t.partition):
+                high = consumer.highwater(tp)
+                committed = self._committed.get(tp.partition)
+                position = self._position.get(tp.partition, committed)
+                lag = None if high is None else max(0, high - (committed if committed is not None else 0))
+                partitions.append(
+                    {
+                        "partition": tp.partition,
+                        "position": position,
+                        "committed": committed,
+                        "end_offset": high,
+                        "lag": lag,
+                    }
+                )
+        return {
+            "running": consumer is not None,
+            "group_id": self.sub.group_id,
+            "partitions": partitions,
+            "ingested": self.ingested,
+            "dead_lettered": self.dead_lettered,
+            "paused": self.paused,
+            "paused_times": self.paused_times,
+            "last_error": self.last_error,
+            "replaying": self.sub.replay_pending,
+        }
+
+
+class KafkaIngestError(KafkaError):  # type: ignore[misc]
+    """The engine could not take a record (its log failed): the consumer restarts and re-reads it."""
