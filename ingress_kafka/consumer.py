@@ -54,7 +54,9 @@ class StuckRecordError(Exception):
 
 
 def producer_id(sub: Subscription, topic: str, partition: int) -> str:
-    raw = f"{sub.id}\x00{sub.group_id}\x00{topic}\x00{partition}\x00{sub.generation}".encode()
+    # The group (the subscription id unless group.id is set) identifies the stream of offsets: a subscription
+    # deleted and re-created with the same group.id resumes its dedup sequence instead of starting a new one.
+    raw = f"{sub.group_id}\x00{topic}\x00{partition}\x00{sub.generation}".encode()
     return "kafka/" + hashlib.sha256(raw).hexdigest()[:32]
 
 

@@ -222,10 +222,11 @@ class PartitionProcessor:
 
     def _apply_invoke(self, txn: Txn, r: Invoke, effects: list[Effect]) -> None:
         if r.dedup is not None:
-            raw = txn.get(keys.dedup(r.dedup.producer))
+            dedup_key = keys.dedup(self.partition_id, r.dedup.producer)
+            raw = txn.get(dedup_key)
             if raw is not None and r.dedup.seq <= keys.parse_u64(raw):
                 return
-            txn.put(keys.dedup(r.dedup.producer), keys.u64(r.dedup.seq))
+            txn.put(dedup_key, keys.u64(r.dedup.seq))
         existing = _load(txn, r.invocation_id)
         if existing is not None:
             self._attach_duplicate(txn, existing, r, effects)
@@ -1059,7 +1060,7 @@ class PartitionProcessor:
         effects.append(MetadataChanged(key=r.key, value=r.value))
 
     def _apply_outbox_delivery(self, txn: Txn, r: OutboxDelivery, effects: list[Effect]) -> None:
-        producer = keys.dedup(f"outbox/{r.source}")
+        producer = keys.dedup(self.partition_id, f"outbox/{r.source}")
         raw = txn.get(producer)
         if raw is not None and r.seq <= keys.parse_u64(raw):
             return

@@ -70,8 +70,10 @@ def inbox_seq(service: str, key: str) -> bytes:
     return object_prefix(INBOX_SEQ, service, key)
 
 
-def dedup(producer: str) -> bytes:
-    return DEDUP + producer.encode()
+def dedup(partition: int, producer: str) -> bytes:
+    """Last sequence applied from ``producer`` by ``partition``: each partition sees its own subsequence of a
+    producer's records (e.g. the offsets of one Kafka partition whose keys map to several engine partitions)."""
+    return DEDUP + _U16.pack(partition) + producer.encode()
 
 
 def retention(expires_at_ms: int, invocation_id: bytes) -> bytes:
