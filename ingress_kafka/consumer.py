@@ -99,6 +99,7 @@ class SubscriptionConsumer:
                 await self._seek_for_replay(consumer)
             while True:
                 batch = await consumer.getmany(timeout_ms=500)
+                await self._learn_committed(consumer)
                 if batch:
                     await self._ingest(consumer, batch)
         finally:
@@ -131,6 +132,13 @@ class SubscriptionConsumer:
             logger.info(
                 "subscription %s: commit after rebalance failed (%s); duplicates will be dropped", self.sub.id, exc
             )
+
+    async def _learn_committed(self, consumer: AIOKafkaConsumer) -> None:
+        """Committed offsets of newly assigned partitions (for lag) before this process committed any."""
+        for tp in consumer.assignment():
+            if tp.partition not in self._committed:
+                committed = await consumer.committed(tp)
+                self._committed[tp.partition] = committed if committed is not None else 0
 
     async def _wait_for_room(self, consumer: AIOKafkaConsumer) -> None:
         if not self._engine.invoker.overloaded():
@@ -294,8 +302,12 @@ class SubscriptionConsumer:
                 consumer.seek(tp, hit.offset if hit is not None else ends[tp])
         positions = {tp: await consumer.position(tp) for tp in assigned}
         await consumer.commit(positions)
+        for tp, offset in positions.items():
+            self._committed[tp.partition] = offset
+            self._position[tp.partition] = offset
         done = replace(sub, replayed_generation=sub.generation)
         await self._engine.propose_metadata([PutMetadata(key=SUBSCRIPTION_PREFIX + sub.id, value=done.to_row())])
+        self.sub = done
         logger.info("subscription %s: replaying from %s", sub.id, sub.replay_from)
 
     # ----------------------------------------------------------------------------------------------------------
