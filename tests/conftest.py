@@ -17,6 +17,9 @@ from engine.config import EngineConfig, load_config
 from engine.server import Engine
 from tests.services.fixtures import DeploymentProcess, start_deployment
 
+# The plugin users enable for Kafka integration tests (documented in the README); tests/kafka uses it too.
+pytest_plugins = ["ingress_kafka.testing"]
+
 APP_SPEC = "tests.services.app:app"
 
 

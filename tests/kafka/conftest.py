@@ -277,3 +277,9 @@ async def produce(kafka_bootstrap: str) -> AsyncIterator[Produce]:
     finally:
         if producer is not None:
             await producer.stop()
+
+
+@pytest.fixture(scope="session")
+def capstan_kafka_bootstrap(kafka_bootstrap: str) -> str:
+    """The ``ingress_kafka.testing`` plugin uses this session's broker."""
+    return kafka_bootstrap
