@@ -24,13 +24,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import aiohttp  # noqa: E402
-from aiokafka import AIOKafkaProducer  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+import aiohttp
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from engine.config import load_config  # noqa: E402
-from engine.server import Engine  # noqa: E402
-from ingress_kafka.testing import _repo_broker  # noqa: E402
+from engine.config import load_config
+from engine.server import Engine
+from ingress_kafka.testing import _repo_broker
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
