@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
+from engine.config import InvocationSection
 from engine.partition.types import HandlerType, RetentionPolicy, ServiceType
 
 SERVICE_TY = {
@@ -288,16 +290,14 @@ def registration_records(
 
 
 def retention_policy(
-    *,
-    service: Service,
-    handler: str,
-    idempotent: bool,
-    default_journal_ms: int,
-    default_idempotency_ms: int,
-    default_workflow_ms: int,
+    *, service: Service, handler: str, idempotent: bool, defaults: InvocationSection
 ) -> RetentionPolicy:
     """Restate's rule: a workflow ``run`` or an idempotent invocation keeps its completion for the workflow /
-    idempotency retention and its journal no longer than that; otherwise both follow the journal retention."""
+    idempotency retention and its journal no longer than that; otherwise both follow the journal retention.
+    The service's (or handler's) manifest options override the engine's ``[invocation]`` defaults."""
+    default_journal_ms = _ms(defaults.default_journal_retention)
+    default_idempotency_ms = _ms(defaults.default_idempotency_retention)
+    default_workflow_ms = _ms(defaults.default_workflow_completion_retention)
     journal = service.option_ms(handler, "journal_retention_ms")
     journal_ms = default_journal_ms if journal is None else journal
     h = service.handlers.get(handler)
@@ -310,3 +310,7 @@ def retention_policy(
         completion_ms = default_idempotency_ms if completion is None else completion
         return RetentionPolicy(completion_ms=completion_ms, journal_ms=min(journal_ms, completion_ms))
     return RetentionPolicy(completion_ms=0, journal_ms=journal_ms)
+
+
+def _ms(duration: timedelta) -> int:
+    return int(duration.total_seconds() * 1000)

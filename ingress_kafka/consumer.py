@@ -93,8 +93,8 @@ class SubscriptionConsumer:
         )
         consumer.subscribe([sub.topic])
         self._consumer = consumer
-        await consumer.start()
         try:
+            await consumer.start()  # inside the try: cancelled while joining the group, it must still be stopped
             if sub.replay_pending:
                 await self._seek_for_replay(consumer)
             while True:
@@ -217,7 +217,6 @@ class SubscriptionConsumer:
                     }
                 ),
             )
-        cfg = self._engine.config.invocation
         now = int(time.time() * 1000)
         invoke = Invoke(
             invocation_id=inv.to_bytes(),
@@ -237,9 +236,7 @@ class SubscriptionConsumer:
                 service=service,
                 handler=handler.name,
                 idempotent=False,
-                default_journal_ms=int(cfg.default_journal_retention.total_seconds() * 1000),
-                default_idempotency_ms=int(cfg.default_idempotency_retention.total_seconds() * 1000),
-                default_workflow_ms=int(cfg.default_workflow_completion_retention.total_seconds() * 1000),
+                defaults=self._engine.config.invocation,
             ),
             dedup=Dedup(producer=producer, seq=record.offset),
             now_ms=now,

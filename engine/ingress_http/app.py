@@ -316,14 +316,11 @@ class _Ingress:
             inv = random_invocation_id(partition_key_for_key(key))
         else:
             inv = random_invocation_id()
-        cfg = engine.config.invocation
         retention = retention_policy(
             service=service,
             handler=handler.name,
             idempotent=idempotency_key is not None,
-            default_journal_ms=int(cfg.default_journal_retention.total_seconds() * 1000),
-            default_idempotency_ms=int(cfg.default_idempotency_retention.total_seconds() * 1000),
-            default_workflow_ms=int(cfg.default_workflow_completion_retention.total_seconds() * 1000),
+            defaults=engine.config.invocation,
         )
         now = engine.now_ms()
         token = uuid.uuid4().hex

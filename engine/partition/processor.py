@@ -680,7 +680,6 @@ class PartitionProcessor:
             digest = hashlib.sha256(st.invocation_id + _U32.pack(index)).digest()
             pk = partition_key_for_key(key) if key is not None else int.from_bytes(digest[16:24], "big")
             child = InvocationId(partition_key=pk, uuid=digest[:16])
-        cfg = self.config.invocation
         invoke = Invoke(
             invocation_id=child.to_bytes(),
             target=Target(
@@ -700,9 +699,7 @@ class PartitionProcessor:
                 service=service,
                 handler=handler.name,
                 idempotent=idempotency_key is not None,
-                default_journal_ms=_ms(cfg.default_journal_retention.total_seconds()),
-                default_idempotency_ms=_ms(cfg.default_idempotency_retention.total_seconds()),
-                default_workflow_ms=_ms(cfg.default_workflow_completion_retention.total_seconds()),
+                defaults=self.config.invocation,
             ),
             execution_time_ms=0 if call else int(msg.invoke_time),
             now_ms=now_ms,
@@ -1131,10 +1128,6 @@ class _RetryPolicy:
 
     def delay_ms(self, retry_count: int) -> int:
         return int(min(self.initial_ms * self.factor ** (retry_count - 1), self.max_ms))
-
-
-def _ms(seconds: float) -> int:
-    return int(seconds * 1000)
 
 
 def _result_notification(cid: int, result: Result | None, *, void_if_none: bool = False) -> bytes:

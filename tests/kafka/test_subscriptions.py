@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import aiohttp
 
 from tests.conftest import EngineFactory
 from tests.kafka.helpers import admin, counter_states, kafka_engine, subscribe, until
+from tests.kafka.test_exactly_once import make_records
 
 
 async def _produce_counter_events(produce: Any, topic: str, n: int, keys: int, seed: int = 1) -> dict[str, int]:
     """n records with keys k0..k{keys-1}; each record's value is its key's next sequence number."""
-    rng = random.Random(seed)
-    next_seq: dict[str, int] = {}
-    records = []
-    for _ in range(n):
-        key = f"k{rng.randrange(keys)}"
-        seq = next_seq.get(key, 0)
-        next_seq[key] = seq + 1
-        records.append((key, str(seq)))
+    records, expected = make_records(n, keys, seed)
     await produce(topic, records)
-    return next_seq
+    return expected
 
 
 def _assert_exact_and_ordered(states: dict[str, dict[str, Any]], expected: dict[str, int]) -> None:
