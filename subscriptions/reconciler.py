@@ -91,7 +91,7 @@ class Reconciler:
             return None
         out: dict[str, Any] = running.consumer.status() if running.consumer is not None else {}
         if running.last_error is not None:
-            out.setdefault("last_error", running.last_error)
+            out["last_error"] = out.get("last_error") or running.last_error
         return out
 
     def consumer(self, sid: str) -> Consumer | None:
