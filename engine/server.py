@@ -77,6 +77,8 @@ class Engine:
         self.ingress_url = ""
         self.admin_url = ""
         self.extensions: list[Extension] = []
+        # Set when a partition stops on an internal error: `serve` then shuts the engine down (exit code 1).
+        self.fatal = asyncio.Event()
 
     # ------------------------------------------------------------------------------------------------------
     # Lifecycle
@@ -197,13 +199,6 @@ class Engine:
                     await p.propose(Cleanup(now_ms=self.now_ms()))
                 except Exception as exc:
                     logger.warning("retention cleanup of partition %d failed: %s", p.id, exc)
-
-    @property
-    def fatal(self) -> asyncio.Event:
-        ev = getattr(self, "_fatal", None)
-        if ev is None:
-            ev = self._fatal = asyncio.Event()
-        return ev
 
     async def aclose(self) -> None:
         for runner in self._runners:

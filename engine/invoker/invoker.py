@@ -83,13 +83,14 @@ class _Loaded:
 class _Attempt:
     """Bookkeeping of one running attempt: notifications to push, in journal order."""
 
-    __slots__ = ("epoch", "journal_length", "notifications", "ready")
+    __slots__ = ("epoch", "journal_length", "notifications")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
         self.journal_length = -1  # unknown until the journal was read
+        # Not size-limited: it holds at most the notifications of this one invocation's journal that arrive while
+        # the attempt runs (each was durable first), and the attempt drains it as fast as the SDK reads.
         self.notifications: asyncio.Queue[Notify] = asyncio.Queue()
-        self.ready = False
 
 
 class _AttemptOutcome(Exception):
@@ -287,7 +288,6 @@ class Invoker:
             if got.split(";")[0].strip() != ctype:
                 raise self._fail(inv, epoch, 415, f"the deployment answered content-type {got!r}, expected {ctype!r}")
             if stream.duplex:
-                attempt.ready = True
                 pusher = asyncio.create_task(self._push_notifications(stream, attempt))
             decoder = FrameDecoder(self._config.invoker.message_size_limit_bytes)
             # Read through a pump task: a timeout must not cancel the chunks() generator itself (cancelling an
