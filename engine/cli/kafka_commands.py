@@ -129,7 +129,15 @@ def _subscriptions_replay(args: argparse.Namespace) -> tuple[Call, Render]:
                 raise TimeoutError(f"replay of {args.id} did not catch up within {args.wait_timeout:g}s")
             await asyncio.sleep(0.5)
 
-    return call, _show_subscription
+    def show(data: Json, out: TextIO) -> None:
+        if args.no_wait:
+            print(
+                f"Replay of {args.id} requested from {data.get('from')} (generation {data.get('generation')})", file=out
+            )
+        else:
+            _show_subscription(data, out)
+
+    return call, show
 
 
 _COMMANDS: dict[tuple[str, str], Callable[[argparse.Namespace], tuple[Call, Render]]] = {
