@@ -99,6 +99,7 @@ class Engine:
 
     async def _start(self) -> None:
         config = self.config
+        await asyncio.to_thread(self._check_partition_count)
         self._http_session = open_http_session(config.invoker)
         for spec in [config.app] if config.app else []:
             self.asgi_apps[spec] = load_asgi_app(spec, app_dir=".")
@@ -135,6 +136,23 @@ class Engine:
         self.ingress_url = await self._listen(build_ingress_app(self), config.ingress_http.address)
         self.admin_url = await self._listen(admin_app, config.admin.address)
         logger.info("capstan ready: ingress %s, admin %s, data %s", self.ingress_url, self.admin_url, config.data_dir)
+
+    def _check_partition_count(self) -> None:
+        """Invocation ids map to partitions by their key hash, so a data dir keeps the partition count it was
+        created with: refuse to start with another one rather than route invocations to the wrong log."""
+        key = keys.metadata("engine/num_partitions")
+        raw = self.store.get(key)
+        wanted = self.config.num_partitions
+        if raw is None:
+            txn = self.store.txn()
+            txn.put(key, str(wanted).encode())
+            self.store.commit(txn, sync=True)
+            return
+        if int(raw) != wanted:
+            raise ConfigError(
+                f"the data dir {self.config.data_dir} was created with {int(raw)} partitions; start it with "
+                f"--partitions {int(raw)} (num_partitions = {int(raw)}), not {wanted}"
+            )
 
     async def _run_partition(self, p: Partition) -> None:
         try:

@@ -36,6 +36,8 @@ def deployment() -> Iterator[DeploymentProcess]:
 def make_config(data_dir: Path, **overrides: Any) -> EngineConfig:
     base: dict[str, Any] = {
         "data_dir": str(data_dir),
+        # more than one partition, so cross-partition paths (outbox, per-partition dedup) are always exercised
+        "num_partitions": 4,
         "ingress_http": {"address": "127.0.0.1:0"},
         "admin": {"address": "127.0.0.1:0"},
         "invoker": {"retry_policy": {"initial_interval": "20ms", "max_interval": "200ms"}},

@@ -53,6 +53,8 @@ class CapstanProcess:
             f"127.0.0.1:{self.ingress_port}",
             "--admin-address",
             f"127.0.0.1:{self.admin_port}",
+            # four partitions, as the in-process tests: cross-partition paths run under kill -9 too
+            *(["--partitions", "4"] if not {"--partitions", "--config"} & set(self.extra_args) else []),
             *self.extra_args,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAPSTAN__")}

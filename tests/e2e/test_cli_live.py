@@ -87,3 +87,18 @@ def test_serve_rejects_a_taken_port(tmp_path: Path) -> None:
         assert "cannot listen on" in out.stderr
     finally:
         first.stop()
+
+
+def test_serve_refuses_a_different_partition_count(tmp_path: Path) -> None:
+    server = CapstanProcess(tmp_path / "data", extra_args=["--partitions", "2"])
+    server.start()
+    server.stop()
+    out = subprocess.run(
+        [
+            sys.executable, "-m", "engine", "serve", "--data-dir", str(tmp_path / "data"), "--partitions", "3",
+            "--ingress-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0",
+        ],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "created with 2 partitions" in out.stderr
