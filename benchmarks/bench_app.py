@@ -11,7 +11,9 @@ mounted in-process for Capstan's ASGI row (``capstan serve --app benchmarks.benc
 from __future__ import annotations
 
 import restate
-from restate import Context, ObjectContext
+from restate import Context
+
+from tests.services.app import counter, steps
 
 noop = restate.Service("Noop")
 
@@ -21,44 +23,6 @@ async def echo(ctx: Context, x: str) -> str:
     return x
 
 
-counter = restate.VirtualObject("Counter")
-
-
-@counter.handler()
-async def add(ctx: ObjectContext, n: int) -> int:
-    count = (await ctx.get("count", type_hint=int)) or 0
-    count += n
-    ctx.set("count", count)
-    return count
-
-
-steps = restate.Service("Steps")
-
-
-def _next_step(previous: str, index: int) -> str:
-    return f"{previous}-{index}"
-
-
-async def _run_steps(ctx: Context, x: str, count: int) -> str:
-    value = x
-    for index in range(1, count + 1):
-        value = await ctx.run_typed(f"step-{index}", _next_step, restate.RunOptions(), value, index)
-    return value
-
-
-@steps.handler()
-async def one(ctx: Context, x: str) -> str:
-    return await _run_steps(ctx, x, 1)
-
-
-@steps.handler()
-async def three(ctx: Context, x: str) -> str:
-    return await _run_steps(ctx, x, 3)
-
-
-@steps.handler()
-async def nine(ctx: Context, x: str) -> str:
-    return await _run_steps(ctx, x, 9)
-
-
+# Counter.add and Steps.one/three/nine are the test suite's own services (tests/services/app.py), so the
+# benchmark measures exactly what the tests check.
 app = restate.app(services=[noop, counter, steps])

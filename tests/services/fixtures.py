@@ -30,7 +30,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -206,30 +206,43 @@ def running_deployment(
 
 
 def _wait_ready(dep: DeploymentProcess, timeout: float) -> None:
+    wait_serving(dep, timeout, listening=_RUNNING_ON, probe=_healthy, what="become healthy")
+
+
+def wait_serving(
+    dep: DeploymentProcess,
+    timeout: float,
+    *,
+    listening: re.Pattern[str],
+    probe: Callable[[str], bool],
+    what: str,
+) -> None:
+    """Wait until ``dep`` printed the line ``listening`` matches (to learn a port chosen by the OS, with groups
+    ``host`` and ``port``) and ``probe(url)`` is true; raise DeploymentStartError with its log otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not dep.is_running():
             raise DeploymentStartError(
-                f"deployment exited with code {dep.returncode} before becoming healthy; log:\n{dep.logs()}"
+                f"deployment exited with code {dep.returncode} before it could {what}; log:\n{dep.logs()}"
             )
         if dep.port == 0:
-            match = _RUNNING_ON.search(dep.logs())
+            match = listening.search(dep.logs())
             if match:
                 dep.host = match.group("host").strip("[]")
                 dep.port = int(match.group("port"))
-        if dep.port != 0 and _healthy(dep.url):
+        if dep.port != 0 and probe(dep.url):
             return
         time.sleep(0.05)
-    raise DeploymentStartError(f"deployment not healthy after {timeout:.0f}s; log:\n{dep.logs()}")
+    raise DeploymentStartError(f"deployment did not {what} after {timeout:.0f}s; log:\n{dep.logs()}")
 
 
 # No proxy: an http_proxy variable in the environment must not capture requests to 127.0.0.1.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+LOCAL_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _healthy(url: str) -> bool:
     try:
-        with _OPENER.open(f"{url}/health", timeout=1.0) as resp:
+        with LOCAL_OPENER.open(f"{url}/health", timeout=1.0) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False

@@ -33,14 +33,13 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Literal
 
 from engine.invoker.discovery import DISCOVERY_ACCEPT
-from tests.services.fixtures import DeploymentProcess, DeploymentStartError
+from tests.services.fixtures import LOCAL_OPENER, DeploymentProcess, DeploymentStartError, wait_serving
 
 __all__ = [
     "GO_BINARY",
@@ -165,31 +164,13 @@ def _start(cmd: list[str], *, cwd: Path, timeout: float, env: dict[str, str] | N
 
 
 def _wait_ready(dep: DeploymentProcess, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not dep.is_running():
-            raise DeploymentStartError(
-                f"deployment exited with code {dep.returncode} before answering discovery; log:\n{dep.logs()}"
-            )
-        if dep.port == 0:
-            match = _LISTENING.search(dep.logs())
-            if match:
-                dep.host = match.group("host")
-                dep.port = int(match.group("port"))
-        if dep.port != 0 and _discovers(dep.url):
-            return
-        time.sleep(0.05)
-    raise DeploymentStartError(f"deployment did not answer discovery after {timeout:.0f}s; log:\n{dep.logs()}")
-
-
-# No proxy: an http_proxy variable in the environment must not capture requests to 127.0.0.1.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    wait_serving(dep, timeout, listening=_LISTENING, probe=_discovers, what="answer discovery")
 
 
 def _discovers(url: str) -> bool:
     request = urllib.request.Request(f"{url}/discover", headers={"accept": DISCOVERY_ACCEPT})
     try:
-        with _OPENER.open(request, timeout=1.0) as resp:
+        with LOCAL_OPENER.open(request, timeout=1.0) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
