@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
-import pytest
 
 from engine.ids import random_invocation_id
 from tests.conftest import EngineFactory
 from tests.services import app3
-from tests.services.fixtures import DeploymentProcess, running_deployment
+from tests.services.fixtures import DeploymentProcess
 from tests.services.fixtures3 import (
-    APP3_SPEC,
     box_items,
     counter,
     engine3,
@@ -31,14 +28,6 @@ from tests.services.fixtures3 import (
     post,
     send,
 )
-
-
-@pytest.fixture(scope="module")
-def deployment3() -> Iterator[DeploymentProcess]:
-    """app3 behind hypercorn (HTTP/1.1 request-response), for this module."""
-    with running_deployment(APP3_SPEC) as dep:
-        yield dep
-
 
 CANCELLED = {"code": 409, "message": "cancelled", "source": "invocation"}
 KILLED = {"code": 409, "message": "killed", "source": "invocation"}

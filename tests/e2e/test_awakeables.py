@@ -6,28 +6,18 @@ malformed ids (400), ids of invocations the engine does not know (404), and a se
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import aiohttp
-import pytest
 
 from engine.ids import awakeable_id, random_invocation_id
 from tests.conftest import EngineFactory
-from tests.services.fixtures import DeploymentProcess, running_deployment
+from tests.services.fixtures import DeploymentProcess
 from tests.services.fixtures3 import (
-    APP3_SPEC,
     box_items,
     counter,
     engine3,
     post,
 )
-
-
-@pytest.fixture(scope="module")
-def deployment3() -> Iterator[DeploymentProcess]:
-    """app3 behind hypercorn (HTTP/1.1 request-response), for this module."""
-    with running_deployment(APP3_SPEC) as dep:
-        yield dep
 
 
 async def test_resolve_over_http(

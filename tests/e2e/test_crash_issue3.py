@@ -5,14 +5,13 @@ the effects are counted in ``Counter2`` state (engine state, not process memory)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.e2e.procs import CapstanProcess
-from tests.services.fixtures import DeploymentProcess, running_deployment
+from tests.services.fixtures import DeploymentProcess
 from tests.services.fixtures3 import (
     APP3_SPEC,
     box_items,
@@ -23,14 +22,6 @@ from tests.services.fixtures3 import (
     register,
     send,
 )
-
-
-@pytest.fixture(scope="module")
-def deployment3() -> Iterator[DeploymentProcess]:
-    """app3 behind hypercorn (HTTP/1.1 request-response), for this module."""
-    with running_deployment(APP3_SPEC) as dep:
-        yield dep
-
 
 pytestmark = pytest.mark.e2e
 

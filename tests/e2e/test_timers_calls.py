@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from engine.server import Engine
 from engine.storage import keys
 from tests.conftest import EngineFactory
 from tests.e2e.procs import CapstanProcess
-from tests.services.fixtures import DeploymentProcess, running_deployment
+from tests.services.fixtures import DeploymentProcess
 from tests.services.fixtures3 import (
     APP3_SPEC,
     counter,
@@ -32,13 +31,6 @@ from tests.services.fixtures3 import (
     register,
     send,
 )
-
-
-@pytest.fixture(scope="module")
-def deployment3() -> Iterator[DeploymentProcess]:
-    """app3 behind hypercorn (HTTP/1.1 request-response), for this module."""
-    with running_deployment(APP3_SPEC) as dep:
-        yield dep
 
 
 def invocation_status(engine: Engine, inv: str) -> Status | None:

@@ -6,28 +6,18 @@ workflow."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import aiohttp
-import pytest
 
 from tests.conftest import EngineFactory
-from tests.services.fixtures import DeploymentProcess, running_deployment
+from tests.services.fixtures import DeploymentProcess
 from tests.services.fixtures3 import (
-    APP3_SPEC,
     counter,
     engine3,
     eventually,
     get,
     post,
 )
-
-
-@pytest.fixture(scope="module")
-def deployment3() -> Iterator[DeploymentProcess]:
-    """app3 behind hypercorn (HTTP/1.1 request-response), for this module."""
-    with running_deployment(APP3_SPEC) as dep:
-        yield dep
 
 
 def workflow_target(wf_id: str) -> dict[str, str]:
