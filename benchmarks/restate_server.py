@@ -142,9 +142,10 @@ class RestateServer:
         self.stop()
         raise RuntimeError(f"restate-server not healthy after {timeout:.0f}s:\n{self.logs()}")
 
-    def register(self, uri: str) -> None:
-        """Register the deployment in HTTP/1.1 request-response mode (``use_http_11``), as Capstan uses it."""
-        body = json.dumps({"uri": uri, "use_http_11": True, "force": True}).encode()
+    def register(self, uri: str, *, use_http_11: bool = True) -> None:
+        """Register the deployment: in HTTP/1.1 request-response mode (``use_http_11``), as Capstan uses it, or
+        (``use_http_11=False``) over HTTP/2 with prior knowledge, where restate-server streams both ways."""
+        body = json.dumps({"uri": uri, "use_http_11": use_http_11, "force": True}).encode()
         req = urllib.request.Request(
             f"{self.admin_url}/deployments", data=body, headers={"content-type": "application/json"}, method="POST"
         )

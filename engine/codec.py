@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
 import struct
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 _I64 = struct.Struct("<q")
 _U32 = struct.Struct("<I")
 _F64 = struct.Struct("<d")
+_TAG_I64 = struct.Struct("<Bq")
+_TAG_U32 = struct.Struct("<BI")
 
 T_NONE, T_FALSE, T_TRUE, T_INT, T_BIGINT, T_FLOAT, T_BYTES, T_STR, T_LIST, T_DICT, T_DC = range(11)
 
@@ -37,7 +41,9 @@ def register(tag: int) -> Any:
             raise RuntimeError(f"codec tag {tag} used by {_by_tag[tag]!r} and {cls!r}")
         _by_tag[tag] = cls
         _tag_of[cls] = tag
-        _fields_of[cls] = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        _fields_of[cls] = names
+        _encoders[cls] = _dataclass_encoder(cls, tag, names)
         return cls
 
     return deco
@@ -49,57 +55,123 @@ def encode(value: Any) -> bytes:
     return bytes(out)
 
 
+# Encoding dispatches on the exact type through this table (one dict lookup instead of an isinstance chain: the
+# codec runs several times per invocation on the hot path). Subclasses, enums and big ints take the slow path.
+_Encoder = Callable[[Any, bytearray], None]
+_encoders: dict[type[Any], _Encoder] = {}
+
+
 def _enc(v: Any, out: bytearray) -> None:
-    if v is None:
-        out.append(T_NONE)
-    elif v is True:
-        out.append(T_TRUE)
-    elif v is False:
-        out.append(T_FALSE)
-    elif isinstance(v, enum.Enum):
-        _enc(v.value, out)
-    elif isinstance(v, int):
-        if -(2**63) <= v < 2**63:
-            out.append(T_INT)
-            out += _I64.pack(v)
-        else:
-            raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
-            out.append(T_BIGINT)
-            out += _U32.pack(len(raw))
-            out += raw
-    elif isinstance(v, bytes | bytearray | memoryview):
-        out.append(T_BYTES)
-        out += _U32.pack(len(v))
-        out += v
-    elif isinstance(v, str):
-        raw = v.encode()
-        out.append(T_STR)
-        out += _U32.pack(len(raw))
-        out += raw
-    elif isinstance(v, float):
-        out.append(T_FLOAT)
-        out += _F64.pack(v)
-    elif isinstance(v, tuple | list):
-        out.append(T_LIST)
-        out += _U32.pack(len(v))
-        for item in v:
-            _enc(item, out)
-    elif isinstance(v, dict):
-        out.append(T_DICT)
-        out += _U32.pack(len(v))
-        for k, item in v.items():
-            _enc(k, out)
-            _enc(item, out)
+    fn = _encoders.get(type(v))
+    if fn is not None:
+        fn(v, out)
     else:
-        tag = _tag_of.get(type(v))
-        if tag is None:
-            raise TypeError(f"cannot encode {type(v).__name__}")
-        names = _fields_of[type(v)]
-        out.append(T_DC)
-        out += _U32.pack(tag)
-        out += _U32.pack(len(names))
-        for name in names:
-            _enc(getattr(v, name), out)
+        _enc_slow(v, out)
+
+
+def _enc_none(v: Any, out: bytearray) -> None:
+    out.append(T_NONE)
+
+
+def _enc_bool(v: bool, out: bytearray) -> None:
+    out.append(T_TRUE if v else T_FALSE)
+
+
+def _enc_int(v: int, out: bytearray) -> None:
+    if -(2**63) <= v < 2**63:
+        out += _TAG_I64.pack(T_INT, v)
+    else:
+        raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
+        out += _TAG_U32.pack(T_BIGINT, len(raw))
+        out += raw
+
+
+def _enc_bytes(v: bytes | bytearray | memoryview, out: bytearray) -> None:
+    out += _TAG_U32.pack(T_BYTES, len(v))
+    out += v
+
+
+def _enc_str(v: str, out: bytearray) -> None:
+    raw = v.encode()
+    out += _TAG_U32.pack(T_STR, len(raw))
+    out += raw
+
+
+def _enc_float(v: float, out: bytearray) -> None:
+    out.append(T_FLOAT)
+    out += _F64.pack(v)
+
+
+def _enc_list(v: tuple[Any, ...] | list[Any], out: bytearray) -> None:
+    out += _TAG_U32.pack(T_LIST, len(v))
+    for item in v:
+        _enc(item, out)
+
+
+def _enc_dict(v: dict[Any, Any], out: bytearray) -> None:
+    out += _TAG_U32.pack(T_DICT, len(v))
+    for k, item in v.items():
+        _enc(k, out)
+        _enc(item, out)
+
+
+def _dataclass_encoder(cls: type[Any], tag: int, names: tuple[str, ...]) -> _Encoder:
+    header = bytes([T_DC]) + _U32.pack(tag) + _U32.pack(len(names))
+    getter = operator.attrgetter(*names) if len(names) > 1 else None
+
+    def enc(v: Any, out: bytearray) -> None:
+        out += header
+        if getter is None:
+            for name in names:
+                _enc(getattr(v, name), out)
+            return
+        for item in getter(v):
+            _enc(item, out)
+
+    return enc
+
+
+_encoders.update(
+    {
+        type(None): _enc_none,
+        bool: _enc_bool,
+        int: _enc_int,
+        bytes: _enc_bytes,
+        bytearray: _enc_bytes,
+        memoryview: _enc_bytes,
+        str: _enc_str,
+        float: _enc_float,
+        tuple: _enc_list,
+        list: _enc_list,
+        dict: _enc_dict,
+    }
+)
+
+
+def _enc_enum(v: enum.Enum, out: bytearray) -> None:
+    _enc(v.value, out)
+
+
+def _enc_slow(v: Any, out: bytearray) -> None:
+    if isinstance(v, enum.Enum):
+        _encoders[type(v)] = _enc_enum  # enums classes are few: dispatch them directly from now on
+        _enc(v.value, out)
+    elif isinstance(v, bool):
+        _enc_bool(v, out)
+    elif isinstance(v, int):
+        _enc_int(v, out)
+    elif isinstance(v, bytes | bytearray | memoryview):
+        _enc_bytes(v, out)
+    elif isinstance(v, str):
+        _enc_str(v, out)
+    elif isinstance(v, float):
+        _enc_float(v, out)
+    elif isinstance(v, tuple | list):
+        _enc_list(v, out)
+    elif isinstance(v, dict):
+        _enc_dict(v, out)
+    else:
+        raise TypeError(f"cannot encode {type(v).__name__}")
 
 
 def decode(data: bytes) -> Any:
@@ -164,3 +236,38 @@ def _dec(m: memoryview, pos: int) -> tuple[Any, int]:
         pos += 4
         return int.from_bytes(m[pos : pos + n], "little", signed=True), pos + n
     raise ValueError(f"bad type tag {t} at {pos - 1}")
+
+
+class RowCache:
+    """A bounded map from encoded rows to the immutable values they decode to.
+
+    A status row is encoded by the partition processor and decoded again moments later (the next record of the
+    same invocation, the invoker loading an attempt); decoding a wide frozen dataclass is the costly half. Only
+    for values that decode to an equal value (tuples, not lists, in their fields). Plain dict operations, so the
+    partition thread and the event loop may share one; when full it starts over.
+    """
+
+    verify = False  # tests set this: every cached value is checked against a real decode
+
+    def __init__(self, limit: int) -> None:
+        self._rows: dict[bytes, Any] = {}
+        self._limit = limit
+
+    def encode(self, value: Any) -> bytes:
+        raw = encode(value)
+        if self.verify and decode(raw) != value:
+            raise AssertionError(f"{type(value).__name__} does not survive a round trip: {value!r}")
+        self._remember(raw, value)
+        return raw
+
+    def decode(self, raw: bytes) -> Any:
+        value = self._rows.get(raw)
+        if value is None:
+            value = decode(raw)
+            self._remember(raw, value)
+        return value
+
+    def _remember(self, raw: bytes, value: Any) -> None:
+        if len(self._rows) >= self._limit:
+            self._rows.clear()
+        self._rows[raw] = value

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import secrets
@@ -83,6 +84,15 @@ def _b62_decode(s: str, what: str) -> int:
     return n
 
 
+@functools.lru_cache(maxsize=8192)
+def _invocation_id_str(partition_key: int, uuid: bytes) -> str:
+    # Cached: one invocation's id is formatted several times (ingress header, attempt headers, logs).
+    # Restate's byte-order trap: the big-endian bytes are read back as little-endian integers.
+    pk = int.from_bytes(partition_key.to_bytes(8, "big"), "little")
+    uuid_le = int.from_bytes(uuid, "little")
+    return INVOCATION_ID_PREFIX + _ID_VERSION + _b62_encode(pk, _PK_CHARS) + _b62_encode(uuid_le, _UUID_CHARS)
+
+
 @dataclass(frozen=True, slots=True)
 class InvocationId:
     """A Restate invocation id: a u64 partition key and a 16-byte uuid."""
@@ -107,10 +117,7 @@ class InvocationId:
         return cls(partition_key=int.from_bytes(raw[0:8], "big"), uuid=bytes(raw[8:24]))
 
     def __str__(self) -> str:
-        # Restate's byte-order trap: the big-endian bytes are read back as little-endian integers.
-        pk = int.from_bytes(self.partition_key.to_bytes(8, "big"), "little")
-        uuid = int.from_bytes(self.uuid, "little")
-        return INVOCATION_ID_PREFIX + _ID_VERSION + _b62_encode(pk, _PK_CHARS) + _b62_encode(uuid, _UUID_CHARS)
+        return _invocation_id_str(self.partition_key, self.uuid)
 
     def __repr__(self) -> str:
         return f"InvocationId({self})"

@@ -13,12 +13,16 @@ from typing import Any
 import aiohttp
 import pytest
 
+from engine.codec import RowCache
 from engine.config import EngineConfig, load_config
 from engine.server import Engine
 from tests.services.fixtures import DeploymentProcess, start_deployment
 
 # The plugin users enable for Kafka integration tests (documented in the README); tests/kafka uses it too.
 pytest_plugins = ["ingress_kafka.testing"]
+
+# Every row the engine's decode caches hold must equal a fresh decode of its bytes (engine/codec.py RowCache).
+RowCache.verify = True
 
 APP_SPEC = "tests.services.app:app"
 

@@ -140,13 +140,11 @@ class HttpTransport:
         if self._closed:
             raise DeploymentError(f"transport for {self.base_url} is closed", status=502)
         url = f"{self.base_url}/invoke/{quote(request.service, safe='')}/{quote(request.handler, safe='')}"
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout)
         try:
-            response = await self._session.post(
+            response = await self._session.post(  # the session's timeout: connecting only (see open_http_session)
                 url,
                 data=body,
                 headers=self._headers(request.headers),
-                timeout=timeout,
                 allow_redirects=False,
                 skip_auto_headers=_SKIP_AUTO_HEADERS,
             )

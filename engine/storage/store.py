@@ -35,6 +35,14 @@ class Store:
         except Exception as exc:  # rocksdict raises plain Exception subclasses
             raise StorageError(f"cannot open RocksDB at {path}: {exc}") from exc
         self._write_opts = WriteOptions()
+        # Partition apply steps skip RocksDB's write-ahead log: the partition's own log is the WAL. After a crash
+        # the tables come back as of the last memtable flush, with that flush's applied_lsn, and the partition
+        # replays its log from there; the log is truncated only below what a flush made durable (Partition._truncate).
+        self._apply_opts = WriteOptions()
+        self._apply_opts.disable_wal = True  # type: ignore[method-assign,assignment]  # property, stub says method
+        self._inline_opts = WriteOptions()
+        self._inline_opts.disable_wal = True  # type: ignore[method-assign,assignment]  # property, stub says method
+        self._inline_opts.no_slowdown = True  # fail instead of sleeping in a write stall (caller retries on a thread)
         self._sync_opts = WriteOptions()
         self._sync_opts.sync = True
 
@@ -63,17 +71,28 @@ class Store:
     def txn(self) -> Txn:
         return Txn(self)
 
-    def commit(self, txn: Txn, *, partition: int | None = None, lsn: int | None = None, sync: bool = False) -> None:
+    def commit(
+        self,
+        txn: Txn,
+        *,
+        partition: int | None = None,
+        lsn: int | None = None,
+        sync: bool = False,
+        no_slowdown: bool = False,
+    ) -> None:
         wb = WriteBatch(raw_mode=True)
         for key, value in txn.writes.items():
             if value is _DELETED:
                 wb.delete(key)
             else:
                 wb.put(key, value)
+        opts = self._sync_opts if sync else self._write_opts
         if partition is not None and lsn is not None:
             wb.put(keys.applied_lsn(partition), keys.u64(lsn))
+            if not sync:
+                opts = self._inline_opts if no_slowdown else self._apply_opts
         try:
-            self._db.write(wb, self._sync_opts if sync else self._write_opts)
+            self._db.write(wb, opts)
         except Exception as exc:
             raise StorageError(f"rocksdb write failed: {exc}") from exc
         txn.writes.clear()
@@ -95,6 +114,51 @@ class Store:
             self._db.close()
         except Exception as exc:
             raise StorageError(f"rocksdb close failed: {exc}") from exc
+
+    def snapshot(self) -> Snapshot:
+        """A consistent read-only view of every table as of now (for introspection; blocking, use a thread)."""
+        try:
+            return Snapshot(self._db.iter(ReadOptions()))
+        except Exception as exc:
+            raise StorageError(f"rocksdb iterator failed: {exc}") from exc
+
+
+class Snapshot:
+    """Reads through ONE RocksDB iterator: its implicit snapshot covers the whole keyspace, so every table read
+    through it is seen as of the same moment (rocksdict's own ``Snapshot.iter`` does not honour the snapshot).
+    Reads are sequential (one iterator); not thread-safe."""
+
+    __slots__ = ("_it",)
+
+    def __init__(self, iterator: Any) -> None:
+        self._it = iterator
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Rows whose key starts with ``prefix``, in key order. Do not interleave two scans."""
+        it = self._it
+        try:
+            it.seek(prefix)
+            while it.valid():
+                key = bytes(it.key())
+                if not key.startswith(prefix):
+                    return
+                yield key, bytes(it.value())
+                it.next()
+        except Exception as exc:
+            raise StorageError(f"rocksdb scan failed: {exc}") from exc
+
+    def get(self, key: bytes) -> bytes | None:
+        it = self._it
+        try:
+            it.seek(key)
+            if it.valid() and bytes(it.key()) == key:
+                return bytes(it.value())
+        except Exception as exc:
+            raise StorageError(f"rocksdb read failed: {exc}") from exc
+        return None
+
+    def close(self) -> None:
+        self._it = None
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:
