@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -51,6 +51,9 @@ from engine.storage.store import Store
 from engine.timers.clock import Clock, SystemClock
 from engine.timers.service import TimerService
 
+if TYPE_CHECKING:
+    from engine.ingress_http.app import IngressStatistics
+
 logger = logging.getLogger(__name__)
 
 ASGI_SCHEME = "asgi://"
@@ -77,6 +80,7 @@ class Engine:
         self.ingress_url = ""
         self.admin_url = ""
         self.extensions: list[Extension] = []
+        self.ingress_statistics: Callable[[], IngressStatistics] | None = None  # set once ingress is built
         # Set when a partition stops on an internal error: `serve` then shuts the engine down (exit code 1).
         self.fatal = asyncio.Event()
 
@@ -124,7 +128,7 @@ class Engine:
         for spec in self.asgi_apps:
             await self._register_asgi_app(spec)
         from engine.admin.app import ADMIN_PREFIXES, build_admin_app
-        from engine.ingress_http.app import build_ingress_app
+        from engine.ingress_http.app import INGRESS_STATISTICS, build_ingress_app
 
         for spec in config.extensions:
             self.extensions.append(load_extension(spec, self))
@@ -133,7 +137,9 @@ class Engine:
             extension.add_admin_routes(admin_app, ADMIN_PREFIXES)
         for extension in self.extensions:
             await extension.start()
-        self.ingress_url = await self._listen(build_ingress_app(self), config.ingress_http.address)
+        ingress_app = build_ingress_app(self)
+        self.ingress_statistics = ingress_app[INGRESS_STATISTICS]
+        self.ingress_url = await self._listen(ingress_app, config.ingress_http.address)
         self.admin_url = await self._listen(admin_app, config.admin.address)
         logger.info("capstan ready: ingress %s, admin %s, data %s", self.ingress_url, self.admin_url, config.data_dir)
 

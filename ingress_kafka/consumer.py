@@ -32,6 +32,7 @@ from engine.errors import LogError, OverloadedError
 from engine.ids import InvocationId, partition_key_for_key, workflow_invocation_id
 from engine.partition.types import Dedup, HandlerType, Invoke, PutMetadata, Sink, Target
 from engine.schema import Service, retention_policy
+from engine.tracing import find_traceparent
 from ingress_kafka.client_config import client_kwargs
 from ingress_kafka.dlq import DeadLetter, error_headers
 from ingress_kafka.formats import PoisonRecordError, RecordDecoder, parse_format_options
@@ -123,6 +124,7 @@ class SubscriptionConsumer:
         if applied:
             await asyncio.gather(*applied)  # durable and applied: now the offsets may move
         self.ingested += len(applied)
+        self._ext.counters(self.sub.id).ingested += len(applied)
         try:
             await consumer.commit({tp: off for tp, off in offsets.items()})
             for tp, off in offsets.items():
@@ -241,6 +243,7 @@ class SubscriptionConsumer:
             dedup=Dedup(producer=producer, seq=record.offset),
             now_ms=now,
             random_seed=int.from_bytes(digest[24:32], "little"),
+            traceparent=find_traceparent(headers),  # a record's own W3C trace context, if it carries one
         )
         while True:
             try:
@@ -280,6 +283,7 @@ class SubscriptionConsumer:
             )
         )
         self.dead_lettered += 1
+        self._ext.counters(sub.id).dead_lettered += 1
 
     async def _seek_for_replay(self, consumer: AIOKafkaConsumer) -> None:
         sub = self.sub

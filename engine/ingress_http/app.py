@@ -13,6 +13,8 @@ import json
 import logging
 import urllib.parse
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -43,6 +45,7 @@ from engine.partition.types import (
     Target,
 )
 from engine.schema import Handler, Service, retention_policy
+from engine.tracing import find_traceparent
 
 if TYPE_CHECKING:
     from engine.server import Engine
@@ -53,10 +56,21 @@ _DROPPED_HEADERS = frozenset({"connection", "host", "idempotency-key", "idempote
 RETRY_AFTER_SECONDS = "1"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngressStatistics:
+    in_flight: int  # requests being handled (calls wait for their invocation's result)
+    limit: int  # ingress_http.concurrent_requests_limit (429 beyond)
+
+
+# The app's statistics function, for the server's metrics.
+INGRESS_STATISTICS: web.AppKey[Callable[[], IngressStatistics]] = web.AppKey("capstan_ingress_statistics")
+
+
 def build_ingress_app(engine: Engine) -> web.Application:
     app = web.Application(client_max_size=engine.config.ingress_http.request_size_limit_bytes + 1)
     ingress = _Ingress(engine)
     app.router.add_route("*", "/{tail:.*}", ingress.handle)
+    app[INGRESS_STATISTICS] = ingress.statistics
     return app
 
 
@@ -65,6 +79,9 @@ class _Ingress:
         self.engine = engine
         self.cfg = engine.config.ingress_http
         self._in_flight = 0
+
+    def statistics(self) -> IngressStatistics:
+        return IngressStatistics(in_flight=self._in_flight, limit=self.cfg.concurrent_requests_limit)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self._in_flight >= self.cfg.concurrent_requests_limit:
@@ -344,6 +361,7 @@ class _Ingress:
             execution_time_ms=now + delay_ms if delay_ms > 0 else 0,
             now_ms=now,
             random_seed=int.from_bytes(uuid.uuid4().bytes[:8], "little"),
+            traceparent=find_traceparent(headers),
         )
         id_header = {"x-restate-id": str(inv)}
         try:

@@ -43,8 +43,11 @@ from engine.invoker.protocol.framing import (
     is_command,
 )
 from engine.invoker.transport import AttemptRequest, AttemptStream, Transport
+from engine.logcontext import current_invocation
+from engine.metrics import Histogram, HistogramSnapshot
 from engine.partition.effects import Notify, StartAttempt
 from engine.partition.types import (
+    STATUS_ROWS,
     AppendEntries,
     AttemptFailed,
     End,
@@ -57,6 +60,7 @@ from engine.partition.types import (
 from engine.schema import Deployment, SchemaRegistry
 from engine.storage import keys
 from engine.storage.store import Store
+from engine.tracing import TRACEPARENT, attempt_traceparent
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +74,8 @@ class InvokerStatistics:
     waiting: int
     attempts_started: int
     attempts_failed: int
+    # wall time of each attempt, from sending the start to the SDK's End/Suspension/Error (or the failure)
+    attempt_seconds: HistogramSnapshot
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,6 +123,7 @@ class Invoker:
         self._attempts: dict[bytes, _Attempt] = {}
         self._started = 0
         self._failed = 0
+        self._attempt_seconds = Histogram()
         self._closing = False
 
     # ------------------------------------------------------------------------------------------------------
@@ -162,6 +169,7 @@ class Invoker:
             waiting=len(self._tasks) - len(self._attempts),
             attempts_started=self._started,
             attempts_failed=self._failed,
+            attempt_seconds=self._attempt_seconds.snapshot(),
         )
 
     async def aclose(self) -> None:
@@ -192,7 +200,10 @@ class Invoker:
                     del self._attempts[inv]
 
     async def _attempt(self, inv: bytes, attempt: _Attempt) -> None:
-        loaded = await asyncio.to_thread(self._load, inv)
+        try:
+            loaded = self._load(inv, _INLINE_LOAD_BUDGET_BYTES)
+        except _TooBigInline:
+            loaded = await asyncio.to_thread(self._load, inv)
         if loaded is None:
             return
         st = loaded.status
@@ -200,13 +211,16 @@ class Invoker:
             return
         attempt.journal_length = len(loaded.journal)
         invocation_id = InvocationId.from_bytes(inv)
+        current_invocation.set(invocation_id)  # this attempt's task only: its log lines carry the id
         self._started += 1
         records: list[Record] = []
+        started = time.monotonic()
         try:
             records = await self._drive(invocation_id, attempt, loaded)
         except _AttemptOutcome as outcome:
             records = [outcome.record]
         finally:
+            self._attempt_seconds.observe(time.monotonic() - started)
             if records:
                 await self._propose_all(inv, records)
 
@@ -238,6 +252,7 @@ class Invoker:
             ("content-type", ctype),
             ("accept", ctype),
             ("x-restate-invocation-id", str(invocation_id)),
+            (TRACEPARENT, attempt_traceparent(st.traceparent, inv, st.random_seed)),
         ]
         if st.target.key is not None:
             headers.append(("x-restate-service-key", urllib.parse.quote(st.target.key, safe="")))
@@ -449,12 +464,21 @@ class Invoker:
             return None
         return self._registry.deployments.get(service.deployment_id)
 
-    def _load(self, inv: bytes) -> _Loaded | None:
+    def _load(self, inv: bytes, inline_budget: int | None = None) -> _Loaded | None:
+        """Status, journal and eager state of ``inv``. With ``inline_budget`` (bytes) it is being called on the
+        event loop: it raises :class:`_TooBigInline` once it has read more than that, and the caller repeats the
+        load on a thread."""
         raw = self._store.get(keys.status(inv))
         if raw is None:
             return None
-        st: InvocationStatus = codec.decode(raw)
-        journal = [codec.decode(v) for _, v in self._store.scan(keys.journal_prefix(inv))]
+        st: InvocationStatus = STATUS_ROWS.decode(raw)
+        read = len(raw)
+        journal: list[JournalEntry] = []
+        for _, v in self._store.scan(keys.journal_prefix(inv)):
+            read += len(v)
+            if inline_budget is not None and read > inline_budget:
+                raise _TooBigInline
+            journal.append(codec.decode(v))
         state: list[tuple[bytes, bytes]] | None = None
         partial = True
         target = st.target
@@ -472,8 +496,19 @@ class Invoker:
                     if size > limit:
                         partial = True
                         break
+                    if inline_budget is not None and read + size > inline_budget:
+                        raise _TooBigInline
                     state.append((k[len(prefix) :], v))
         return _Loaded(status=st, journal=journal, state=state, partial_state=partial)
+
+
+class _TooBigInline(Exception):
+    pass
+
+
+# An attempt's inputs are read on the event loop when they are this small (a status row, a short journal, a few
+# state entries: tens of microseconds from the memtable or block cache); larger ones are read on a thread.
+_INLINE_LOAD_BUDGET_BYTES = 16 * 1024
 
 
 _PUMP_QUEUE_LIMIT = 64

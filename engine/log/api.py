@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from engine.metrics import HistogramSnapshot
+
 __all__ = ["Log", "LogStatistics"]
 
 
@@ -27,6 +29,8 @@ class LogStatistics:
         records: Records written since open.
         fsyncs: Data syncs of segment files since open.
         bytes_written: Bytes written to segment files since open, framing included.
+        append_seconds: Per written batch (group commit): the time to write it and make it durable.
+        fsync_seconds: Per data sync of a batch (``fsync`` policy only).
     """
 
     last_lsn: int
@@ -37,6 +41,8 @@ class LogStatistics:
     records: int
     fsyncs: int
     bytes_written: int
+    append_seconds: HistogramSnapshot
+    fsync_seconds: HistogramSnapshot
 
 
 class Log(Protocol):

@@ -36,6 +36,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,6 +54,8 @@ from engine.log.segment import (
     read_segment,
     recover_segment,
 )
+from engine.metrics import Histogram
+from engine.worker import SerialWorker
 
 __all__ = ["SegmentedLog"]
 
@@ -166,6 +169,9 @@ class SegmentedLog:
         self._records = 0
         self._fsyncs = 0
         self._bytes_written = 0
+        self._append_seconds = Histogram()  # observed by the writer task
+        self._fsync_seconds = Histogram()  # observed in the worker thread, under _io_lock
+        self._worker = SerialWorker(f"log-writer {directory.name}")
         self._writer_task = asyncio.create_task(self._run_writer(), name=f"log-writer {directory}")
 
     # ------------------------------------------------------------------------------------------------------
@@ -194,6 +200,8 @@ class SegmentedLog:
             records=self._records,
             fsyncs=self._fsyncs,
             bytes_written=self._bytes_written,
+            append_seconds=self._append_seconds.snapshot(),
+            fsync_seconds=self._fsync_seconds.snapshot(),
         )
 
     def read(self, from_lsn: int) -> Iterator[tuple[int, bytes]]:
@@ -383,7 +391,9 @@ class SegmentedLog:
         first_lsn = self._view.last_lsn + 1
         payloads = [payload for entry in batch for payload in entry.payloads]
         try:
-            nbytes, fsyncs = await asyncio.to_thread(self._write_sync, first_lsn, payloads)
+            started = time.monotonic()
+            nbytes, fsyncs = await self._worker.run(self._write_sync, first_lsn, payloads)
+            self._append_seconds.observe(time.monotonic() - started)
         except OSError as exc:
             self._sync_view(self._view.last_lsn)
             logger.error(
@@ -449,7 +459,9 @@ class SegmentedLog:
             try:
                 _pwrite_all(active.fd, buffer, start)
                 if self._fsync:
+                    synced = time.monotonic()
                     os.fdatasync(active.fd)
+                    self._fsync_seconds.observe(time.monotonic() - synced)
                     fsyncs += 1
             except OSError:
                 self._rollback(active, start)
@@ -550,6 +562,7 @@ class SegmentedLog:
             self._writer_task.cancel()
             raise
         finally:
+            await asyncio.to_thread(self._worker.close)
             if not self._files_closed:
                 try:
                     await asyncio.to_thread(self._close_files)

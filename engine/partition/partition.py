@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,8 +19,9 @@ from pathlib import Path
 
 from engine import codec
 from engine.config import EngineConfig
-from engine.errors import EngineInternalError, LogError, OverloadedError
+from engine.errors import EngineInternalError, LogError, OverloadedError, StorageError
 from engine.log import SegmentedLog
+from engine.log.api import LogStatistics
 from engine.partition.effects import Effect
 from engine.partition.processor import PartitionProcessor
 from engine.partition.types import Record
@@ -29,6 +32,10 @@ logger = logging.getLogger(__name__)
 EffectSink = Callable[[int, list[Effect]], None]
 
 
+# A replay at least this long is announced before it starts (progress follows every log.recovery_progress_interval).
+_ANNOUNCE_REPLAY_RECORDS = 10_000
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PartitionStatistics:
     partition_id: int
@@ -36,6 +43,9 @@ class PartitionStatistics:
     pending: int
     batches: int
     records: int
+    # invocations this partition completed since start (recovery replay included), by result
+    completed_ok: int
+    completed_failed: int
 
 
 class Partition:
@@ -73,16 +83,31 @@ class Partition:
         previous process are gone) and return the effects recomputed from the tables."""
         loop = asyncio.get_running_loop()
         start = self.processor.applied_lsn + 1
+        total = max(0, self._log.last_lsn - max(start, self._log.first_lsn) + 1)
+        interval = self._config.log.recovery_progress_interval.total_seconds()
+        if total >= _ANNOUNCE_REPLAY_RECORDS:
+            logger.info("recovering partition %d: replaying %d log records", self.id, total)
 
         def replay() -> int:
             batch: list[tuple[int, Record]] = []
             count = 0
+            next_report = time.monotonic() + interval
             for lsn, payload in self._log.read(start):
                 batch.append((lsn, codec.decode(payload)))
                 if len(batch) >= 512:
                     self.processor.apply_batch(batch)
                     count += len(batch)
                     batch = []
+                    now = time.monotonic()
+                    if now >= next_report:
+                        next_report = now + interval
+                        logger.info(
+                            "recovering partition %d: %d/%d records (%d%%)",
+                            self.id,
+                            count,
+                            total,
+                            count * 100 // max(total, 1),
+                        )
             if batch:
                 self.processor.apply_batch(batch)
                 count += len(batch)
@@ -138,7 +163,13 @@ class Partition:
             if not batch:
                 continue
             try:
-                effects = await loop.run_in_executor(self._executor, self.processor.apply_batch, batch)
+                effects = None
+                if len(batch) <= self._config.storage.inline_apply_max_records:
+                    # Small batches on the loop: a thread hop per batch costs more than the apply itself.
+                    with contextlib.suppress(StorageError):
+                        effects = self.processor.apply_batch(batch, no_slowdown=True)
+                if effects is None:
+                    effects = await loop.run_in_executor(self._executor, self.processor.apply_batch, batch)
             except Exception as exc:
                 # The log holds these records; the tables do not. Continuing would apply later records on top
                 # of a state that misses these, so stop the engine (restart replays them).
@@ -176,7 +207,12 @@ class Partition:
             pending=len(self._pending),
             batches=self._batches,
             records=self._records,
+            completed_ok=self.processor.completed_ok,
+            completed_failed=self.processor.completed_failed,
         )
+
+    def log_statistics(self) -> LogStatistics:
+        return self._log.statistics()
 
 
 __all__ = ["OverloadedError", "Partition", "PartitionStatistics"]

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from engine.errors import LogError, OverloadedError
 from engine.partition.effects import SendOutbox
@@ -19,6 +20,13 @@ from engine.partition.types import OutboxDelivery, Record, TruncateOutbox
 logger = logging.getLogger(__name__)
 
 Propose = Callable[[bytes | None, int | None, Record], "asyncio.Future[int]"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShufflerStatistics:
+    partition_id: int
+    queued: int  # outbox rows waiting to be delivered
+    last_sent: int  # the last outbox sequence delivered durably
 
 
 class Shuffler:
@@ -31,6 +39,9 @@ class Shuffler:
         self._queue: collections.deque[SendOutbox] = collections.deque()
         self._wakeup = asyncio.Event()
         self._last_sent = 0
+
+    def statistics(self) -> ShufflerStatistics:
+        return ShufflerStatistics(partition_id=self.partition_id, queued=len(self._queue), last_sent=self._last_sent)
 
     def send(self, effect: SendOutbox) -> None:
         if effect.seq <= self._last_sent:
