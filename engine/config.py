@@ -67,11 +67,19 @@ class LogSection(_Section):
     max_batch_bytes: int = Field(4 * MiB, ge=1024)
     queue_limit: int = Field(16384, ge=1)
     record_size_limit_bytes: int = Field(DEFAULT_MESSAGE_SIZE_LIMIT_BYTES, ge=1024)
+    # While a partition replays its log tail at start-up, progress is logged at most this often.
+    recovery_progress_interval: timedelta = timedelta(seconds=2)
+
+    _durations = field_validator("recovery_progress_interval", mode="before")(parse_duration)
 
 
 class StorageSection(_Section):
     # How many applied records may pile up before the log prefix they cover is truncated.
     truncate_every_records: int = Field(10000, ge=1)
+    # Batches of at most this many durable records are applied on the event loop (memtable writes without
+    # RocksDB's WAL, which never stall: a write that would is retried on the partition's thread); larger batches,
+    # and every batch when 0, go to the partition's thread.
+    inline_apply_max_records: int = Field(64, ge=0)
 
 
 class RetryPolicySection(_Section):
@@ -112,6 +120,14 @@ class IngressHttpSection(_Section):
 
 class AdminSection(_Section):
     address: str = DEFAULT_ADMIN_ADDRESS
+    # POST /query: each query copies the tables it names from a snapshot into an in-memory SQLite database.
+    query_snapshot_rows_limit: int = Field(200_000, ge=1)  # rows copied per query (413 beyond)
+    query_snapshot_bytes_limit: int = Field(256 * MiB, ge=1024)  # bytes of values copied per query (413 beyond)
+    query_result_rows_limit: int = Field(10_000, ge=1)  # rows answered (413 beyond: add a LIMIT)
+    query_timeout: timedelta = timedelta(seconds=10)  # SQL execution time (400 beyond)
+    query_concurrency_limit: int = Field(2, ge=1)  # queries at once (429 + Retry-After beyond)
+
+    _durations = field_validator("query_timeout", mode="before")(parse_duration)
 
 
 class IngressKafkaSection(_Section):

@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
 from engine.errors import LogError, OverloadedError
+from engine.extensions import IntrospectionTable
 from engine.ids import InvocationId
+from engine.metrics import MetricFamily
 from engine.partition.effects import ExternalDelivery
 from engine.partition.types import AckExternal
 from ingress_kafka.consumer import SubscriptionConsumer
 from ingress_kafka.dlq import DeadLetter, DeadLetterSender, RetryingQueue, error_headers
 from ingress_kafka.formats import parse_format_options
+from ingress_kafka.metrics import SubscriptionCounters, kafka_metric_families
 from ingress_kafka.schema_registry import SchemaRegistryClient
 from subscriptions.admin import SubscriptionsAdmin
 from subscriptions.models import KafkaCluster, Subscription, decode_context
@@ -53,6 +58,7 @@ class KafkaExtension:
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._registries: dict[str, SchemaRegistryClient] = {}
+        self._counters: dict[str, SubscriptionCounters] = {}
 
     # ------------------------------------------------------------------------------------------- Extension
 
@@ -77,6 +83,15 @@ class KafkaExtension:
             return False
         self._failures.put(delivery)
         return True
+
+    def introspection_tables(self) -> Sequence[IntrospectionTable]:
+        return (
+            IntrospectionTable(name="sys_subscription", columns=SUBSCRIPTION_COLUMNS, rows=self._subscription_rows),
+            IntrospectionTable(name="sys_kafka_lag", columns=LAG_COLUMNS, rows=self._lag_rows),
+        )
+
+    def metric_families(self) -> Iterable[MetricFamily]:
+        return kafka_metric_families(self.registry, self.reconciler, self._counters)
 
     async def aclose(self) -> None:
         await self.reconciler.aclose()
@@ -112,8 +127,43 @@ class KafkaExtension:
             self._registries[url] = client
         return client
 
+    def counters(self, subscription_id: str) -> SubscriptionCounters:
+        """The subscription's counters for metrics (kept across consumer restarts)."""
+        counters = self._counters.get(subscription_id)
+        if counters is None:
+            counters = self._counters[subscription_id] = SubscriptionCounters()
+        return counters
+
     def status(self, subscription_id: str) -> dict[str, Any] | None:
         return self.reconciler.status(subscription_id)
+
+    def _subscription_rows(self) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
+        for sub in sorted(self.registry.subscriptions.values(), key=lambda s: s.id):
+            st = self.reconciler.status(sub.id) or {}
+            rows.append(
+                (
+                    sub.id, sub.source, sub.sink, sub.cluster, sub.topic, sub.service, sub.handler,
+                    json.dumps(sub.options, sort_keys=True), sub.group_id, sub.generation, sub.created_at or None,
+                    bool(st.get("running")), int(st.get("ingested", 0)), int(st.get("dead_lettered", 0)),
+                    bool(st.get("paused")), st.get("last_error"), sub.replay_pending,
+                )
+            )  # fmt: skip
+        return rows
+
+    def _lag_rows(self) -> list[tuple[Any, ...]]:
+        """What the running consumers know: assigned partitions with position, committed offset and high water."""
+        rows: list[tuple[Any, ...]] = []
+        for sub in sorted(self.registry.subscriptions.values(), key=lambda s: s.id):
+            st = self.reconciler.status(sub.id) or {}
+            for p in st.get("partitions") or ():
+                rows.append(
+                    (
+                        sub.id, sub.group_id, sub.topic, p.get("partition"), p.get("position"), p.get("committed"),
+                        p.get("end_offset"), p.get("lag"),
+                    )
+                )  # fmt: skip
+        return rows
 
     async def _send_failure(self, delivery: ExternalDelivery) -> None:
         ctx = decode_context(delivery.context)
@@ -141,9 +191,22 @@ class KafkaExtension:
             await self.engine.partitions[delivery.partition].propose(AckExternal(key=delivery.key))
         except (OverloadedError, LogError) as exc:
             logger.debug("ack of a dead letter not stored (%s); it may be produced again after a restart", exc)
+        self.counters(str(ctx["subscription"])).dead_lettered += 1
         consumer = self.reconciler.consumer(str(ctx["subscription"]))
         if isinstance(consumer, SubscriptionConsumer):
             consumer.dead_lettered += 1
+
+
+SUBSCRIPTION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "TEXT"), ("source", "TEXT"), ("sink", "TEXT"), ("cluster", "TEXT"), ("topic", "TEXT"),
+    ("service_name", "TEXT"), ("handler_name", "TEXT"), ("options", "TEXT"), ("group_id", "TEXT"),
+    ("generation", "INTEGER"), ("created_at", "TEXT"), ("running", "BOOLEAN"), ("ingested", "INTEGER"),
+    ("dead_lettered", "INTEGER"), ("paused", "BOOLEAN"), ("last_error", "TEXT"), ("replaying", "BOOLEAN"),
+)  # fmt: skip
+LAG_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("subscription_id", "TEXT"), ("group_id", "TEXT"), ("topic", "TEXT"), ("partition", "INTEGER"),
+    ("position", "INTEGER"), ("committed_offset", "INTEGER"), ("end_offset", "INTEGER"), ("lag", "INTEGER"),
+)  # fmt: skip
 
 
 def _validate_options(options: Any) -> None:

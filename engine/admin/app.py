@@ -1,4 +1,5 @@
-"""Admin API (default 127.0.0.1:9070): deployments (with discovery), services, health, OpenAPI.
+"""Admin API (default 127.0.0.1:9070): deployments (with discovery), services, invocations, state, SQL
+introspection (:mod:`engine.admin.query`, :mod:`engine.admin.state`), health, OpenAPI.
 
 Shapes follow Restate's admin API (reference ingress-admin-kafka.md §2). Routes are also served under the ``/v2``,
 ``/v3`` and ``/v4`` prefixes. Errors: ``{"message": "..."}`` with 400/404/409/501/502/503.
@@ -68,6 +69,16 @@ def build_admin_app(engine: Engine) -> web.Application:
         r.add_get(f"{prefix}/health", api.health)
         r.add_get(f"{prefix}/openapi", api.openapi)
         r.add_get(f"{prefix}/version", api.version)
+    # Operating: SQL introspection (POST /query, GET /invocations/{id}) and state editing (/services/{name}/state).
+    from engine.admin.query import QueryRoutes
+    from engine.admin.state import StateRoutes
+
+    QueryRoutes(engine).add_routes(app, ADMIN_PREFIXES)
+    StateRoutes(engine).add_routes(app, ADMIN_PREFIXES)
+    # Prometheus scrapes /metrics (unversioned, like every exporter).
+    from engine.admin.metrics import metrics_handler
+
+    app.router.add_get("/metrics", metrics_handler(engine))
     return app
 
 

@@ -123,6 +123,15 @@ OPENAPI: dict[str, Any] = {
         },
         "/invocations/{id}": {
             "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {
+                "operationId": "describe_invocation",
+                "summary": "The invocation's sys_invocation row and its journal (sys_journal rows without raw)",
+                "responses": {
+                    "200": {"description": '{"invocation": {...}, "journal": [{...}]}'},
+                    "400": _error("Bad invocation id"),
+                    "404": _error("Unknown invocation (or completed and past its retention)"),
+                },
+            },
             "delete": {
                 "operationId": "delete_invocation",
                 "deprecated": True,
@@ -130,6 +139,63 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [{"name": "mode", "in": "query", "schema": {"enum": ["cancel", "kill", "purge"]}}],
                 "responses": {"202": {"description": "Accepted"}, "404": _error("Unknown invocation")},
             },
+        },
+        "/services/{name}/state": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "post": {
+                "operationId": "modify_service_state",
+                "summary": "Replace the whole state of one key (Restate); values are strings (UTF-8) or byte arrays",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReplaceState"}}},
+                },
+                "responses": {
+                    "202": {"description": "Applied"},
+                    "400": _error("Bad body, or the service has no state"),
+                    "404": _error("Unknown service"),
+                    "409": _error("An invocation holds the key's lock, or the state no longer has `version`"),
+                },
+            },
+            "patch": {
+                "operationId": "patch_service_state",
+                "summary": "Set and clear entries of one key's state (Capstan)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PatchState"}}},
+                },
+                "responses": {
+                    "200": {"description": "Applied"},
+                    "400": _error("Bad body, or the service has no state"),
+                    "404": _error("Unknown service"),
+                    "409": _error("An invocation holds the key's lock, or the state no longer has `version`"),
+                },
+            },
+        },
+        "/query": {
+            "post": {
+                "operationId": "query",
+                "summary": "Read-only SQL (SQLite dialect) over sys_invocation, sys_journal, state, sys_inbox, "
+                "sys_keyed_service_status, sys_promise, sys_service, sys_deployment, sys_subscription, sys_kafka_lag",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["query"],
+                                "properties": {"query": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": '{"columns": [...], "rows": [{column: value}]} (BLOBs as hex)'},
+                    "400": _error("Bad SQL (SQLite's message), a statement that is not read-only, or a timeout"),
+                    "406": _error("The Accept header excludes application/json"),
+                    "413": _error("The query reads or answers more rows/bytes than the configured limits"),
+                    "429": _error("Too many queries at once (Retry-After)"),
+                },
+            }
         },
         "/health": {
             "get": {
@@ -210,6 +276,35 @@ OPENAPI: dict[str, Any] = {
                     "inactivity_timeout": {"type": ["string", "null"]},
                     "abort_timeout": {"type": ["string", "null"]},
                 },
+            },
+            "ReplaceState": {
+                "type": "object",
+                "required": ["object_key", "new_state"],
+                "properties": {
+                    "object_key": {"type": "string"},
+                    "new_state": {
+                        "type": "object",
+                        "additionalProperties": {"$ref": "#/components/schemas/StateValue"},
+                    },
+                    "version": {"type": "string"},
+                },
+            },
+            "PatchState": {
+                "type": "object",
+                "required": ["object_key"],
+                "properties": {
+                    "object_key": {"type": "string"},
+                    "set": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/StateValue"}},
+                    "clear": {"type": "array", "items": {"type": "string"}},
+                    "clear_all": {"type": "boolean"},
+                    "version": {"type": "string"},
+                },
+            },
+            "StateValue": {
+                "oneOf": [
+                    {"type": "string", "description": "stored as its UTF-8 bytes"},
+                    {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255}},
+                ]
             },
             "ServiceList": {
                 "type": "object",

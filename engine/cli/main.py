@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from engine.cli import kafka_parsers
+from engine import logcontext
+from engine.cli import kafka_parsers, operate_parsers
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ PROG = "capstan"
 ADMIN_URL_ENV = "CAPSTAN_ADMIN_URL"
 DEFAULT_ADMIN_URL = "http://127.0.0.1:9070"
 DEFAULT_TIMEOUT_S = 30.0
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# Lines about an invocation name it after the logger: "... DEBUG engine.invoker.invoker [inv_1a2b...] attempt ..."
+LOG_FORMAT = logcontext.LOG_FORMAT
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 EXIT_OK = 0
@@ -133,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_deployments(commands, client)
     _add_services(commands, client)
+    operate_parsers.add_parsers(commands, client)
     kafka_parsers.add_parsers(commands, client, _header)
     return parser
 
@@ -287,6 +290,7 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def configure_logging(level: str) -> None:
     """Install the process's only log handler (stderr)."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(logcontext.InvocationLogFilter())
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -324,6 +328,10 @@ def _cmd_client(args: argparse.Namespace) -> int:
         from engine.cli import kafka_commands
 
         return kafka_commands.run(args)
+    if args.client_command[0] in ("invocations", "kv", "sql"):
+        from engine.cli import operate_commands
+
+        return operate_commands.run(args)
     from engine.cli import admin_commands
 
     return admin_commands.run(args)
@@ -347,6 +355,8 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
     """Entry point of the ``capstan`` console script and of ``python -m engine``. Returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "check", None) is not None:
+        args.check(args)  # checks across arguments; exits 2 with the usage like argparse
     env = os.environ if environ is None else environ
     if getattr(args, "client_command", None) is not None:
         if args.admin_url is None:

@@ -24,6 +24,12 @@ def text(value: Any) -> str:
     return str(value)
 
 
+def clip(value: Any, width: int) -> str:
+    """``text(value)`` cut to ``width`` characters (``...`` marks the cut); newlines become spaces."""
+    cell = text(value).replace("\n", " ")
+    return cell if len(cell) <= width else cell[: width - 3] + "..."
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO, *, indent: str = "") -> None:
     """Print ``rows`` under ``headers`` with columns padded to their widest cell."""
     cells = [[text(c) for c in row] for row in rows]

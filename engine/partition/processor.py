@@ -41,6 +41,7 @@ from engine.ids import (
 )
 from engine.invoker.protocol import messages
 from engine.invoker.protocol.framing import MessageType, is_command
+from engine.logcontext import log_extra
 from engine.partition.effects import (
     AbortAttempt,
     Effect,
@@ -55,13 +56,16 @@ from engine.partition.effects import (
     SendOutbox,
     StartAttempt,
 )
+from engine.partition.state_edit import apply_edit_state
 from engine.partition.types import (
+    STATUS_ROWS,
     AckExternal,
     AppendEntries,
     AppendNotification,
     AttachSink,
     AttemptFailed,
     Cleanup,
+    EditState,
     End,
     Failure,
     FireTimer,
@@ -87,6 +91,7 @@ from engine.partition.types import (
 from engine.schema import Service, retention_policy, service_from_row
 from engine.storage import keys
 from engine.storage.store import Store, Txn
+from engine.tracing import child_traceparent
 
 logger = logging.getLogger(__name__)
 
@@ -112,23 +117,34 @@ class PartitionProcessor:
         self.store = store
         self.config = config
         self.applied_lsn = store.applied_lsn(partition_id)
+        # Invocations completed by this partition since start, by result (metrics), counted once a batch commits.
+        self.completed_ok = 0
+        self.completed_failed = 0
+        self._batch_ok = 0
+        self._batch_failed = 0
 
     # ==========================================================================================================
     # Entry points
     # ==========================================================================================================
 
-    def apply_batch(self, records: list[tuple[int, Record]]) -> list[Effect]:
-        """Apply durable records (LSN order) in one WriteBatch; return the effects to dispatch after it."""
+    def apply_batch(self, records: list[tuple[int, Record]], *, no_slowdown: bool = False) -> list[Effect]:
+        """Apply durable records (LSN order) in one WriteBatch; return the effects to dispatch after it.
+
+        Nothing but the tables and ``applied_lsn`` changes, and only when the write succeeds: after a StorageError
+        the same batch can be applied again (``no_slowdown``: fail rather than wait in a RocksDB write stall)."""
         txn = self.store.txn()
         effects: list[Effect] = []
         last = self.applied_lsn
+        self._batch_ok = self._batch_failed = 0
         for lsn, record in records:
             if lsn <= last:
                 raise AssertionError(f"partition {self.partition_id}: lsn {lsn} after {last}")
             self._apply(txn, record, effects)
             last = lsn
-        self.store.commit(txn, partition=self.partition_id, lsn=last)
+        self.store.commit(txn, partition=self.partition_id, lsn=last, no_slowdown=no_slowdown)
         self.applied_lsn = last
+        self.completed_ok += self._batch_ok
+        self.completed_failed += self._batch_failed
         return effects
 
     def recovery_effects(self) -> list[Effect]:
@@ -201,6 +217,8 @@ class PartitionProcessor:
                 self._apply_truncate_outbox(txn, record, effects)
             case AckExternal():
                 self._apply_ack_external(txn, record, effects)
+            case EditState():
+                self._apply_edit_state(txn, record, effects)
             case _:
                 assert_never(record)
 
@@ -245,6 +263,8 @@ class PartitionProcessor:
             random_seed=r.random_seed,
             execution_time_ms=r.execution_time_ms,
             one_way=r.one_way,
+            invoked_by=r.caller,
+            traceparent=r.traceparent,
         )
         st = _append_journal(
             txn,
@@ -374,9 +394,18 @@ class PartitionProcessor:
     def _apply_ack_external(self, txn: Txn, r: AckExternal, effects: list[Effect]) -> None:
         txn.delete(r.key)
 
+    def _apply_edit_state(self, txn: Txn, r: EditState, effects: list[Effect]) -> None:
+        outcome = apply_edit_state(txn, r)
+        if r.token is not None:
+            effects.append(Reply(token=r.token, invocation_id=b"", result=outcome))
+
     def _complete(self, txn: Txn, st: InvocationStatus, result: Result, now_ms: int, effects: list[Effect]) -> None:
         retention_ms = max(st.retention.completion_ms, st.retention.journal_ms)
         expires = now_ms + retention_ms
+        if result.failure is None:
+            self._batch_ok += 1
+        else:
+            self._batch_failed += 1
         txn.delete(keys.active(st.invocation_id))
         done = replace(
             st,
@@ -519,10 +548,14 @@ class PartitionProcessor:
         if policy.max_attempts is not None and retry_count >= policy.max_attempts:
             inv = InvocationId.from_bytes(st.invocation_id)
             if policy.on_max_attempts == "kill":
-                logger.warning("invocation %s killed after %d attempts: %s", inv, retry_count, r.message)
+                logger.warning(
+                    "invocation %s killed after %d attempts: %s", inv, retry_count, r.message, extra=log_extra(inv)
+                )
                 self._kill(txn, st, failure, r.now_ms, effects)
             else:
-                logger.warning("invocation %s paused after %d attempts: %s", inv, retry_count, r.message)
+                logger.warning(
+                    "invocation %s paused after %d attempts: %s", inv, retry_count, r.message, extra=log_extra(inv)
+                )
                 _save(txn, replace(st, status=Status.PAUSED, epoch=st.epoch + 1))
             return
         if r.next_retry_delay_ms is not None:
@@ -704,6 +737,10 @@ class PartitionProcessor:
             execution_time_ms=0 if call else int(msg.invoke_time),
             now_ms=now_ms,
             random_seed=int.from_bytes(hashlib.sha256(child.to_bytes()).digest()[:8], "little"),
+            caller=st.invocation_id,
+            traceparent=child_traceparent(
+                st.traceparent, st.invocation_id, st.random_seed, ((h.key, h.value) for h in msg.headers)
+            ),
         )
         if call:
             st = replace(st, children=(*st.children, child.to_bytes()))
@@ -1142,7 +1179,7 @@ def _result_notification(cid: int, result: Result | None, *, void_if_none: bool 
 
 def _load(txn: Txn, invocation_id: bytes) -> InvocationStatus | None:
     raw = txn.get(keys.status(invocation_id))
-    return None if raw is None else codec.decode(raw)
+    return None if raw is None else STATUS_ROWS.decode(raw)
 
 
 def _reload(txn: Txn, st: InvocationStatus) -> InvocationStatus:
@@ -1153,7 +1190,7 @@ def _reload(txn: Txn, st: InvocationStatus) -> InvocationStatus:
 
 
 def _save(txn: Txn, st: InvocationStatus) -> None:
-    txn.put(keys.status(st.invocation_id), codec.encode(st))
+    txn.put(keys.status(st.invocation_id), STATUS_ROWS.encode(st))
 
 
 def _append_journal(txn: Txn, st: InvocationStatus, entry: JournalEntry, now_ms: int) -> InvocationStatus:

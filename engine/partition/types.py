@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from engine.codec import register
+from engine.codec import RowCache, register
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -143,6 +143,10 @@ class Invoke:
     execution_time_ms: int = 0
     now_ms: int = 0
     random_seed: int = 0
+    # the invocation whose Call / OneWayCall command created this one (None: ingress or a subscription)
+    caller: bytes | None = None
+    # the caller's W3C trace context (a valid ``traceparent`` value) or "": see engine.tracing
+    traceparent: str = ""
 
 
 @register(101)
@@ -303,6 +307,22 @@ class AckExternal:
     key: bytes
 
 
+@register(116)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EditState:
+    """An operator's change to the state of one virtual object / workflow key (admin API), applied by the
+    partition owning the key. Refused while an invocation holds the key's lock (one writer per key) and, when
+    ``version`` is given, unless it matches the current state's version (Restate's optimistic concurrency)."""
+
+    service: str
+    key: str
+    replace_all: bool = False
+    set: tuple[tuple[bytes, bytes], ...] = ()
+    clear: tuple[bytes, ...] = ()
+    version: str | None = None
+    token: str | None = None
+
+
 Record = (
     Invoke
     | AppendEntries
@@ -319,6 +339,7 @@ Record = (
     | OutboxDelivery
     | TruncateOutbox
     | AckExternal
+    | EditState
 )
 Routed = Invoke | AppendNotification | AttachSink | ManageInvocation
 
@@ -364,3 +385,11 @@ class InvocationStatus:
     children: tuple[bytes, ...] = ()
     execution_time_ms: int = 0
     one_way: bool = False
+    # the invocation that called or sent this one (None: ingress or a subscription)
+    invoked_by: bytes | None = None
+    # the caller's trace context, from Invoke.traceparent ("" = a trace of its own; see engine.tracing)
+    traceparent: str = ""
+
+
+# Status rows as the processor wrote them, so the next reader (the processor itself, the invoker) skips the decode.
+STATUS_ROWS = RowCache(4096)

@@ -85,6 +85,17 @@ HELP_CASES: list[tuple[list[str], list[str]]] = [
     (["services"], ["list", "describe"]),
     (["services", "list"], ["--admin-url", "--json"]),
     (["services", "describe"], ["NAME", "--admin-url", "--json"]),
+    (["invocations"], ["list", "describe", "cancel", "kill", "purge", "pause", "resume"]),
+    (
+        ["invocations", "list"],
+        ["--service", "--key", "--handler", "--status", "--all", "--older-than", "--newer-than", "--limit", "--json"],
+    ),
+    (["invocations", "describe"], ["ID", "--admin-url", "--json"]),
+    (["invocations", "cancel"], ["ID", "--kill"]),
+    (["kv"], ["get", "set", "clear"]),
+    (["kv", "set"], ["SERVICE", "KEY", "NAME", "VALUE", "--raw", "--version"]),
+    (["kv", "clear"], ["SERVICE", "KEY", "NAME", "--version"]),
+    (["sql"], ["QUERY", "--json", "--admin-url"]),
 ]
 
 
@@ -146,6 +157,18 @@ BAD_ARGS: list[tuple[list[str], str]] = [
     (["serve", "--app", "no_colon"], "MODULE:ATTRIBUTE"),
     (["serve", "--log-level", "chatty"], "DEBUG"),
     (["serve", "--no-such-flag"], "unrecognized arguments"),
+    (["invocations"], "required"),
+    (["invocations", "describe"], "ID"),
+    (["invocations", "describe", "not-an-id"], "invocation id"),
+    (["invocations", "kill"], "ID"),
+    (["invocations", "cancel", "inv_1abcdefgh", "inv_x"], "invocation id"),
+    (["invocations", "list", "--status", "sleeping"], "suspended"),
+    (["invocations", "list", "--older-than", "soon"], "duration"),
+    (["invocations", "list", "--limit", "0"], "positive"),
+    (["kv", "get", "Counter"], "KEY"),
+    (["kv", "set", "Counter", "k", "count"], "VALUE"),
+    (["kv", "set", "Counter", "k", "count", "not json"], "--raw"),
+    (["sql"], "QUERY"),
 ]
 
 
@@ -216,6 +239,13 @@ UNREACHABLE = "http://127.0.0.1:1"
         ["deployments", "remove", "dp_1", "--force"],
         ["services", "list", "--json"],
         ["services", "describe", "Greeter"],
+        ["invocations", "list"],
+        ["invocations", "describe", "inv_1abcdefgh"],
+        ["invocations", "cancel", "inv_1abcdefgh"],
+        ["kv", "get", "Counter", "k"],
+        ["kv", "set", "Counter", "k", "count", "5"],
+        ["kv", "clear", "Counter", "k"],
+        ["sql", "SELECT 1"],
     ],
     ids=" ".join,
 )
