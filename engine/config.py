@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from engine.errors import ConfigError
 
@@ -102,6 +102,10 @@ class InvokerSection(_Section):
     eager_state_size_limit_bytes: int = Field(DEFAULT_MESSAGE_SIZE_LIMIT_BYTES, ge=0)
     max_protocol_version: int = Field(6, ge=5, le=6)
     retry_policy: RetryPolicySection = RetryPolicySection()
+    # Request identity (restate-server's option of the same name): an Ed25519 private key in PKCS#8 PEM. When set,
+    # every request to a deployment is signed (x-restate-signature-scheme: v1 + x-restate-jwt-v1), and the public
+    # key is logged at start-up as ``publickeyv1_...`` for the SDKs' identity_keys. See engine/invoker/identity.py.
+    request_identity_private_key_pem_file: Path | None = None
 
     _durations = field_validator("inactivity_timeout", "abort_timeout", "connect_timeout", mode="before")(
         parse_duration
@@ -120,6 +124,11 @@ class IngressHttpSection(_Section):
 
 class AdminSection(_Section):
     address: str = DEFAULT_ADMIN_ADDRESS
+    # Bearer-token auth: when set, every admin route but /health needs ``Authorization: Bearer <token>`` (401
+    # otherwise). Give the token itself (e.g. CAPSTAN__ADMIN__AUTH_TOKEN) or a file holding it (read once at
+    # start-up, surrounding whitespace stripped). Never printed: SecretStr shows '**********'.
+    auth_token: SecretStr | None = None
+    auth_token_file: Path | None = None
     # POST /query: each query copies the tables it names from a snapshot into an in-memory SQLite database.
     query_snapshot_rows_limit: int = Field(200_000, ge=1)  # rows copied per query (413 beyond)
     query_snapshot_bytes_limit: int = Field(256 * MiB, ge=1024)  # bytes of values copied per query (413 beyond)
@@ -129,12 +138,38 @@ class AdminSection(_Section):
 
     _durations = field_validator("query_timeout", mode="before")(parse_duration)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_token_file(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or not data.get("auth_token_file"):
+            return data
+        if data.get("auth_token"):
+            raise ValueError("set admin.auth_token or admin.auth_token_file, not both")
+        path = Path(data["auth_token_file"])
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read admin.auth_token_file {path}: {exc.strerror or exc}") from None
+        return {**data, "auth_token": token}
+
+    @field_validator("auth_token")
+    @classmethod
+    def _token_chars(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not (
+            value.get_secret_value() and all(0x21 <= ord(c) <= 0x7E for c in value.get_secret_value())
+        ):
+            raise ValueError("the admin auth token must be non-empty visible ASCII (no spaces)")
+        return value
+
 
 class IngressKafkaSection(_Section):
     # How long a partition stays paused before the consumer checks again whether the engine has room.
     backpressure_check_interval: timedelta = timedelta(milliseconds=50)
     # Records fetched per poll (per consumer); bounded so one poll's invocations fit the log queue.
     max_poll_records: int = Field(500, ge=1)
+    # Polled batches whose invocations are proposed but not yet durable (and so not committed) per consumer: the
+    # consumer fetches the next batch while the log makes the previous ones durable.
+    inflight_batches: int = Field(4, ge=1)
     # A subscription's consumer that crashes is restarted with exponential back-off up to this.
     restart_max_backoff: timedelta = timedelta(seconds=10)
 
@@ -229,8 +264,18 @@ def load_config(
     data = _normalize_keys(data)
     try:
         return EngineConfig.model_validate(data)
+    except ValidationError as exc:
+        # Without the input values: a misplaced secret (admin.auth_token) must not end up in a log or a terminal.
+        raise ConfigError(f"invalid configuration: {_describe(exc)}") from None
     except ValueError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False, include_context=False)
+    )
 
 
 def _normalize_keys(data: Any) -> Any:

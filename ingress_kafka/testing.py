@@ -106,7 +106,9 @@ class Harness:
     # ------------------------------------------------------------------------------------------- engine side
 
     async def admin(self, method: str, path: str, body: Any = None) -> Any:
-        async with self.http.request(method, self.engine.admin_url + path, json=body) as resp:
+        token = self.engine.config.admin.auth_token  # an engine started with admin auth gets the token
+        headers = {"authorization": f"Bearer {token.get_secret_value()}"} if token is not None else None
+        async with self.http.request(method, self.engine.admin_url + path, json=body, headers=headers) as resp:
             text = await resp.text()
             if resp.status >= 300:
                 raise AssertionError(f"admin {method} {path}: {resp.status} {text}")

@@ -12,14 +12,21 @@ import base64
 import json
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CLUSTER_NAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62}[a-zA-Z0-9])?$")
-SECRET_HINTS = ("password", "secret", "jaas", "token", "key.pem", "credentials")
+# Words that mark a property as a secret (librdkafka: sasl.password, ssl.key.password, ssl.keystore.password,
+# sasl.oauthbearer.client.secret, sasl.jaas.config, sasl.oauthbearer.config, ...). "key" counts as a word of the
+# name or the start or end of one (ssl.key.pem, ssl.keystore.location, sasl.kerberos.keytab, api.key).
+SECRET_WORDS = ("password", "secret", "token", "jaas", "credential", "oauthbearer.config", "user.info", "private")
 REDACTED = "***"
+_NAME_WORDS = re.compile(r"[._\-]")
+# scheme://user:password@host -> scheme://user:***@host (schema registry URLs may carry basic-auth credentials)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:@/\s]*):[^@/\s]*@")
 
 # Capstan options a subscription may carry (everything else is a Kafka consumer property).
 DLQ_TOPIC = "capstan.dlq.topic"
@@ -101,15 +108,27 @@ class KafkaCluster:
         return cls(name=d["name"], properties=dict(d["properties"]))
 
     def redacted(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "properties": {k: (REDACTED if _is_secret(k) else v) for k, v in sorted(self.properties.items())},
-        }
+        """What the admin API shows: secret properties as ``***``."""
+        return {"name": self.name, "properties": redact_properties(self.properties)}
 
 
-def _is_secret(name: str) -> bool:
+def is_secret_property(name: str) -> bool:
+    """Whether a cluster property or subscription option holds a secret (its value is never shown)."""
     lowered = name.lower()
-    return any(hint in lowered for hint in SECRET_HINTS)
+    if lowered in CAPSTAN_OPTIONS:  # capstan.key.format and friends name formats, not keys
+        return False
+    if any(word in lowered for word in SECRET_WORDS):
+        return True
+    return any(part.startswith("key") or part.endswith("key") for part in _NAME_WORDS.split(lowered))
+
+
+def redact_properties(properties: Mapping[str, str]) -> dict[str, str]:
+    """Properties (sorted by name) with secret values replaced by ``***`` and passwords in URLs hidden; this is
+    the only form in which cluster properties and subscription options leave the engine (admin API, SQL, logs)."""
+    return {
+        k: REDACTED if is_secret_property(k) else _URL_PASSWORD.sub(rf"\g<head>:{REDACTED}@", v)
+        for k, v in sorted(properties.items())
+    }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,7 +211,7 @@ class Subscription:
             "id": self.id,
             "source": self.source,
             "sink": self.sink,
-            "options": dict(sorted(self.options.items())),
+            "options": redact_properties(self.options),
             "created_at": self.created_at,
             "generation": self.generation,
         }

@@ -89,6 +89,23 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Service metadata with its handlers",
                 "responses": {"200": _ok("Service", "Service"), "404": _error("Unknown service")},
             },
+            "patch": {
+                "operationId": "modify_service",
+                "summary": "Change a service's settings: public (false: ingress answers 400, calls still work)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "object", "properties": {"public": {"type": "boolean"}}}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _ok("Updated service", "Service"),
+                    "400": _error("Bad body"),
+                    "404": _error("Unknown service"),
+                },
+            },
         },
         "/services/{name}/handlers": {
             "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -220,6 +237,8 @@ OPENAPI: dict[str, Any] = {
         },
     },
     "components": {
+        # Only enforced when admin.auth_token is set; /health never needs it (engine/admin/auth.py).
+        "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
         "schemas": {
             "Error": {
                 "type": "object",
@@ -310,6 +329,6 @@ OPENAPI: dict[str, Any] = {
                 "type": "object",
                 "properties": {"services": {"type": "array", "items": {"$ref": "#/components/schemas/Service"}}},
             },
-        }
+        },
     },
 }

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _execute(args: argparse.Namespace, call: Call, show: Render) -> int:
     async def go() -> Json:
-        async with AdminClient(args.admin_url, timeout=args.timeout) as admin:
+        async with AdminClient(args.admin_url, timeout=args.timeout, token=args.token) as admin:
             return await call(admin)
 
     try:

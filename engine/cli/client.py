@@ -62,11 +62,15 @@ def _segment(value: str) -> str:
 class AdminClient:
     """Async client for the admin API at ``base_url`` (e.g. ``http://127.0.0.1:9070``).
 
-    Use as ``async with AdminClient(url) as admin: ...`` or call :meth:`aclose` when done.
+    Use as ``async with AdminClient(url) as admin: ...`` or call :meth:`aclose` when done. ``token`` is sent as
+    ``Authorization: Bearer <token>`` (for an engine with ``admin.auth_token`` set).
     """
 
-    def __init__(self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT_S, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self._headers = {"accept": "application/json"}
+        if token:
+            self._headers["authorization"] = f"Bearer {token}"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -164,9 +168,7 @@ class AdminClient:
         url = f"{self.base_url}{path}"
         session = self._get_session()
         try:
-            async with session.request(
-                method, url, json=body, params=params, headers={"accept": "application/json"}
-            ) as resp:
+            async with session.request(method, url, json=body, params=params, headers=self._headers) as resp:
                 text = await resp.text()
                 status, reason = resp.status, resp.reason or ""
         except TimeoutError as exc:

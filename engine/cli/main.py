@@ -4,7 +4,7 @@ through its admin API.
 This module is imported on every invocation, so it stays cheap: argparse and the standard library only. The
 engine (``engine.server``, RocksDB), pydantic (``engine.config``) and aiohttp (``engine.cli.client``) are imported
 inside the command functions. It is also the only place besides :func:`engine.config.load_config` that reads
-``os.environ`` (for ``CAPSTAN_ADMIN_URL``).
+``os.environ`` (for ``CAPSTAN_ADMIN_URL`` and ``CAPSTAN_ADMIN_TOKEN``).
 
 Exit codes: 0 success, 1 the command failed (admin API unreachable or answering an error, engine crash),
 2 bad usage or configuration.
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 PROG = "capstan"
 ADMIN_URL_ENV = "CAPSTAN_ADMIN_URL"
+ADMIN_TOKEN_ENV = "CAPSTAN_ADMIN_TOKEN"
 DEFAULT_ADMIN_URL = "http://127.0.0.1:9070"
 DEFAULT_TIMEOUT_S = 30.0
 # Lines about an invocation name it after the logger: "... DEBUG engine.invoker.invoker [inv_1a2b...] attempt ..."
@@ -123,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="URL",
         help=f"admin API of the engine (default: ${ADMIN_URL_ENV}, else {DEFAULT_ADMIN_URL})",
+    )
+    client.add_argument(
+        "--token",
+        default=None,
+        metavar="TOKEN",
+        help=f"bearer token for an admin API with admin.auth_token set (default: ${ADMIN_TOKEN_ENV}); prefer the "
+        "variable, a flag is visible to other users in the process list",
     )
     client.add_argument("--json", action="store_true", help="print the raw JSON answer of the admin API")
     client.add_argument(
@@ -365,6 +373,8 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
                 args.admin_url = _http_url(from_env) if from_env else DEFAULT_ADMIN_URL
             except argparse.ArgumentTypeError as exc:
                 parser.error(f"${ADMIN_URL_ENV}: {exc}")
+        if args.token is None:
+            args.token = env.get(ADMIN_TOKEN_ENV) or None
         return _cmd_client(args)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)

@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 from engine.errors import ConfigError, DeploymentError, EngineInternalError
 from engine.invoker.discovery import DISCOVERY_ACCEPT, DiscoveryResponse, parse_discovery
+from engine.invoker.identity import RequestSigner
 from engine.invoker.transport import AttemptRequest
 
 __all__ = [
@@ -271,6 +272,7 @@ class AsgiTransport:
         queue_limit: int = DEFAULT_ASGI_QUEUE_LIMIT,
         discovery_timeout: float = DEFAULT_DISCOVERY_TIMEOUT,
         label: str = "in-process app",
+        signer: RequestSigner | None = None,
     ) -> None:
         if queue_limit < 1:
             raise ValueError("queue_limit must be >= 1")
@@ -279,6 +281,9 @@ class AsgiTransport:
         self._queue_limit = queue_limit
         self._discovery_timeout = discovery_timeout
         self.label = label
+        # Request identity (engine.invoker.identity): in-process requests are signed like HTTP ones, so an app
+        # configured with identity keys behaves the same mounted or served.
+        self._signer = signer
         self._streams: set[AsgiAttemptStream] = set()
         self._closed = False
 
@@ -289,6 +294,8 @@ class AsgiTransport:
         self, *, method: str, path: str, headers: tuple[tuple[str, str], ...], http_version: str
     ) -> dict[str, Any]:
         full_path = self._root_path + path
+        if self._signer is not None:
+            headers = (*headers, *self._signer.headers(path))  # the audience is the path below the root path
         return {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
