@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from aiohttp.typedefs import Middleware
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from engine.errors import DeploymentError, LogError, OverloadedError
+from engine.http_errors import json_http_errors, quiet_client_protocol_errors
 from engine.ids import InvocationId, new_deployment_id
 from engine.invoker.transport import Transport
 from engine.partition.effects import Outcome
@@ -44,6 +46,15 @@ class RegisterDeploymentRequest(BaseModel):
     dry_run: bool = False
 
 
+class PatchServiceRequest(BaseModel):
+    """``PATCH /services/{name}`` body. Only ``public`` is supported so far (Restate also takes retention and
+    timeout overrides)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    public: StrictBool | None = None
+
+
 ADMIN_PREFIXES = ("", "/v2", "/v3", "/v4")
 
 
@@ -51,10 +62,24 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"message": message}, status=status)
 
 
+def _render_error(status: int, message: str, headers: Mapping[str, str]) -> web.Response:
+    return web.json_response({"message": message}, status=status, headers=headers)
+
+
 def build_admin_app(engine: Engine) -> web.Application:
     api = _Admin(engine)
 
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+    middlewares: list[Middleware] = [json_http_errors(_render_error)]  # aiohttp's 404/405/413 as JSON too
+    quiet_client_protocol_errors()  # unparsable requests: aiohttp's 400, logged at DEBUG
+    token = engine.config.admin.auth_token
+    if token is not None:  # bearer auth on every route but /health and the UI's files (engine/admin/auth.py)
+        from engine.admin.auth import bearer_auth_middleware
+        from engine.admin.ui import UI_PATHS
+
+        # The UI's static files hold no data (a browser cannot send a token for a page load; its API calls do).
+        open_paths = [*(f"{prefix}/health" for prefix in ADMIN_PREFIXES), *UI_PATHS]
+        middlewares.append(bearer_auth_middleware(token.get_secret_value(), open_paths=open_paths))
+    app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=middlewares)
     for prefix in ADMIN_PREFIXES:
         r = app.router
         r.add_post(f"{prefix}/deployments", api.register_deployment)
@@ -63,6 +88,7 @@ def build_admin_app(engine: Engine) -> web.Application:
         r.add_delete(f"{prefix}/deployments/{{id}}", api.delete_deployment)
         r.add_get(f"{prefix}/services", api.list_services)
         r.add_get(f"{prefix}/services/{{name}}", api.get_service)
+        r.add_patch(f"{prefix}/services/{{name}}", api.patch_service)
         r.add_get(f"{prefix}/services/{{name}}/handlers", api.list_handlers)
         r.add_patch(f"{prefix}/invocations/{{id}}/{{op}}", api.manage_invocation)
         r.add_delete(f"{prefix}/invocations/{{id}}", api.delete_invocation)
@@ -79,6 +105,10 @@ def build_admin_app(engine: Engine) -> web.Application:
     from engine.admin.metrics import metrics_handler
 
     app.router.add_get("/metrics", metrics_handler(engine))
+    # The web UI (GET /ui/): static files that call the routes above (engine/admin/ui/).
+    from engine.admin.ui import add_ui_routes
+
+    add_ui_routes(app)
     return app
 
 
@@ -243,18 +273,14 @@ class _Admin:
         except ValueError as exc:
             return _error(400, f"bad invocation id: {exc}")
         engine = self.engine
-        token = uuid.uuid4().hex
-        waiter = engine.register_waiter(token)
         try:
-            try:
-                await engine.propose_routed(
+            outcome = await engine.propose_and_wait(
+                lambda token: engine.propose_routed(
                     ManageInvocation(invocation_id=inv.to_bytes(), op=op, token=token, now_ms=engine.now_ms())
                 )
-            except (OverloadedError, LogError) as exc:
-                return _error(503, f"try again: {exc}")
-            outcome = await waiter
-        finally:
-            engine.drop_waiter(token)
+            )
+        except (OverloadedError, LogError) as exc:
+            return _error(503, f"try again: {exc}")
         assert isinstance(outcome, Outcome)
         if outcome.status >= 400:
             return _error(outcome.status, outcome.message)
@@ -272,6 +298,28 @@ class _Admin:
         if svc is None:
             return _error(404, f"service {request.match_info['name']} not found")
         return web.json_response(_service_json(svc))
+
+    async def patch_service(self, request: web.Request) -> web.Response:
+        """``{"public": false}`` makes the service private: ingress answers 400, calls from handlers still work.
+        Stored like a registration (a new ``service/<name>`` row); the next registration of the service takes
+        ``public`` from its manifest (``ingressPrivate``) again."""
+        svc = self.engine.registry.service(request.match_info["name"])
+        if svc is None:
+            return _error(404, f"service {request.match_info['name']} not found")
+        try:
+            body = PatchServiceRequest.model_validate_json(await request.read() or b"{}")
+        except ValidationError as exc:
+            return _error(400, f"invalid request body: {_describe(exc)}")
+        if body.public is not None and body.public != svc.public:
+            row = json.dumps({**svc.raw, "public": body.public}, sort_keys=True).encode()
+            try:
+                await self.engine.propose_metadata([PutMetadata(key=f"service/{svc.name}", value=row)])
+            except (OverloadedError, LogError) as exc:
+                return _error(503, f"could not store the change: {exc}")
+            logger.info("service %s: public set to %s", svc.name, body.public)
+        updated = self.engine.registry.service(svc.name)
+        assert updated is not None
+        return web.json_response(_service_json(updated))
 
     async def list_handlers(self, request: web.Request) -> web.Response:
         svc = self.engine.registry.service(request.match_info["name"])
