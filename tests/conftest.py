@@ -6,12 +6,14 @@ Everything binds 127.0.0.1 only, and every process started here is stopped by it
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import settings
 
 from engine.codec import RowCache
 from engine.config import EngineConfig, load_config
@@ -23,6 +25,11 @@ pytest_plugins = ["ingress_kafka.testing"]
 
 # Every row the engine's decode caches hold must equal a fresh decode of its bytes (engine/codec.py RowCache).
 RowCache.verify = True
+
+# Hypothesis: in CI (CI=true) every run tries the same examples (derandomized, no example database), so a red run
+# reproduces; locally examples are random and failures are remembered in .hypothesis/. HYPOTHESIS_PROFILE overrides.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))
 
 APP_SPEC = "tests.services.app:app"
 

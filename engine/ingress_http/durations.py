@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 
+MAX_DELAY_MS = 100 * 365 * 86_400_000  # ~100 years: past that a delay is a mistake (and overflows timestamps)
 _ISO = re.compile(
     r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$",
     re.IGNORECASE,
@@ -35,7 +37,14 @@ _UNITS = {
 
 
 def parse_delay_ms(text: str) -> int:
-    """Milliseconds, or ValueError with a message fit for a 400 response."""
+    """Milliseconds (at most :data:`MAX_DELAY_MS`), or ValueError with a message fit for a 400 response."""
+    total = _parse_ms(text)
+    if not math.isfinite(total) or total > MAX_DELAY_MS:
+        raise ValueError(f"bad delay {text!r}: longer than the maximum of {MAX_DELAY_MS // 86_400_000} days")
+    return int(total)
+
+
+def _parse_ms(text: str) -> float:
     value = text.strip()
     if not value:
         raise ValueError("empty delay")
@@ -45,7 +54,7 @@ def parse_delay_ms(text: str) -> int:
         for group, unit in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
             if iso.group(group):
                 total += float(iso.group(group)) * unit
-        return int(total)
+        return total
     pos = 0
     total = 0.0
     while pos < len(value):
@@ -54,4 +63,4 @@ def parse_delay_ms(text: str) -> int:
             raise ValueError(f"bad delay {text!r}: use e.g. 10s, 5min, 1h 30m, 500ms or PT10S")
         total += float(match.group(1)) * _UNITS[match.group(2).lower()]
         pos = match.end()
-    return int(total)
+    return total

@@ -125,8 +125,10 @@ def encode_frame(msg_type: int, body: bytes, flags: int = 0) -> bytes:
 class FrameDecoder:
     """Incremental decoder: feed arbitrary chunks, get back whole frames.
 
-    Raises :class:`ProtocolError` as soon as a header announces a body longer than ``max_message_bytes`` or an
-    unknown control type (``< 0x0400``); after that the decoder stays failed.
+    A header that announces a body longer than ``max_message_bytes`` or an unknown control type (``< 0x0400``) is
+    refused from the header alone: :class:`ProtocolError`. The whole frames before it are still returned first (the
+    error is then raised by the next call, ``feed(b"")`` included), so what the peer sent before a bad frame does
+    not depend on how the bytes were chunked. After the error the decoder stays failed.
     """
 
     __slots__ = ("_buf", "_failed", "_max")
@@ -168,6 +170,8 @@ class FrameDecoder:
         except ProtocolError as exc:
             self._failed = exc
             self._buf = bytearray()
+            if frames:
+                return frames  # the error comes with the next call
             raise
         del buf[:pos]
         return frames

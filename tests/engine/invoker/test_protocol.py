@@ -126,10 +126,14 @@ def test_unknown_non_control_types_pass_framing(t: int):
     assert FrameDecoder(max_message_bytes=MiB).feed(encode_frame(t, b"\x01")) == [Frame(t, 0, b"\x01")]
 
 
-def test_frame_after_bad_one_in_same_chunk_not_returned():
+def test_frames_before_a_bad_one_in_same_chunk_come_first():
     decoder = FrameDecoder(max_message_bytes=MiB)
+    end = Frame(MessageType.END, 0, b"")
+    assert decoder.feed(end.encode() + encode_frame(0x0009, b"") + end.encode()) == [end]
+    with pytest.raises(ProtocolError, match="unknown control"):
+        decoder.feed(b"")
     with pytest.raises(ProtocolError):
-        decoder.feed(encode_frame(MessageType.END, b"") + encode_frame(0x0009, b""))
+        decoder.feed(end.encode())
 
 
 def test_type_ranges():
