@@ -7,6 +7,7 @@ Everything the engine raises on purpose derives from :class:`EngineError`::
     │   ├── CorruptRecordError
     │   └── LogClosedError
     ├── StorageError
+    │   └── StorageFullError (the disk is full; RocksDB resumes by itself once there is room)
     ├── InvocationError
     │   ├── NonDeterminismError
     │   └── InvocationNotFoundError
@@ -74,6 +75,15 @@ class LogClosedError(LogError):
 class StorageError(EngineError):
     code = ErrorCode.STORAGE
     retriable = True
+
+
+class StorageFullError(StorageError):
+    """RocksDB could not write for lack of disk space (ENOSPC).
+
+    Its writes then fail until RocksDB has resumed, which it does by itself (its SstFileManager polls every few
+    seconds) once the free space on the disk is at least one memtable (``write_buffer_size``, 64 MiB by default).
+    Nothing is lost meanwhile: the partition log holds every record the tables miss.
+    """
 
 
 class InvocationError(EngineError):

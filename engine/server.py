@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -24,6 +25,7 @@ from engine.config import EngineConfig, split_address
 from engine.errors import ConfigError, DeploymentError, LogError, OverloadedError
 from engine.extensions import Extension, load_extension
 from engine.ids import InvocationId, partition_for
+from engine.invoker.identity import RequestSigner
 from engine.invoker.invoker import Invoker
 from engine.invoker.transport import Transport
 from engine.invoker.transport_asgi import AsgiApp, AsgiTransport, load_asgi_app
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ASGI_SCHEME = "asgi://"
+# A timer whose FireTimer record could not be stored fires again this much later.
+_TIMER_RETRY_MS = 500
 
 
 class Engine:
@@ -78,6 +82,8 @@ class Engine:
         self._runners: list[web.AppRunner] = []
         self.invoker = Invoker(config, store, self.registry, self.propose_to, self.transport_for)
         self.ingress_url = ""
+        # Signs every request to a deployment when invoker.request_identity_private_key_pem_file is set.
+        self.request_signer: RequestSigner | None = None
         self.admin_url = ""
         self.extensions: list[Extension] = []
         self.ingress_statistics: Callable[[], IngressStatistics] | None = None  # set once ingress is built
@@ -104,6 +110,15 @@ class Engine:
     async def _start(self) -> None:
         config = self.config
         await asyncio.to_thread(self._check_partition_count)
+        pem_file = config.invoker.request_identity_private_key_pem_file
+        if pem_file is not None:
+            self.request_signer = await asyncio.to_thread(RequestSigner.from_pem_file, pem_file)
+            # The public half, in the form the SDKs take (identity_keys=[...]); the private key is never logged.
+            logger.info(
+                "request identity: signing requests to deployments; SDK identity key %s (from %s)",
+                self.request_signer.key_id,
+                pem_file,
+            )
         self._http_session = open_http_session(config.invoker)
         for spec in [config.app] if config.app else []:
             self.asgi_apps[spec] = load_asgi_app(spec, app_dir=".")
@@ -141,6 +156,10 @@ class Engine:
         self.ingress_statistics = ingress_app[INGRESS_STATISTICS]
         self.ingress_url = await self._listen(ingress_app, config.ingress_http.address)
         self.admin_url = await self._listen(admin_app, config.admin.address)
+        if config.admin.auth_token is None and not _is_loopback(split_address(config.admin.address)[0]):
+            logger.warning(
+                "the admin API listens on %s without authentication; set admin.auth_token", config.admin.address
+            )
         logger.info("capstan ready: ingress %s, admin %s, data %s", self.ingress_url, self.admin_url, config.data_dir)
 
     def _check_partition_count(self) -> None:
@@ -301,12 +320,20 @@ class Engine:
 
     def _fire_timer(self, key: bytes) -> bool:
         try:
-            self.propose_to(key[9:33], FireTimer(key=key))
+            applied = self.propose_to(key[9:33], FireTimer(key=key))
         except OverloadedError:
             return False
         except LogError:
             return False
+        applied.add_done_callback(lambda fut: self._timer_fired(key, fut))
         return True
+
+    def _timer_fired(self, key: bytes, applied: asyncio.Future[int]) -> None:
+        if applied.cancelled() or applied.exception() is None:
+            return
+        # The FireTimer was not stored (e.g. the disk is full): arm the timer again; firing twice is harmless.
+        logger.debug("timer could not fire (%s); retrying in %d ms", applied.exception(), _TIMER_RETRY_MS)
+        self.timers.schedule(self.now_ms() + _TIMER_RETRY_MS, key)
 
     async def propose_metadata(self, records: Sequence[PutMetadata]) -> None:
         p0 = self.partitions[0]
@@ -321,13 +348,26 @@ class Engine:
     def drop_waiter(self, token: str) -> None:
         self._waiters.pop(token, None)
 
+    async def propose_and_wait(
+        self, propose: Callable[[str], Awaitable[int]]
+    ) -> Result | SendAccepted | Outcome | NotReady:
+        """Propose a record that answers through a sink token (``propose(token)`` proposes it) and wait for the
+        answer. Raises what proposing raises (OverloadedError, LogError)."""
+        token = uuid.uuid4().hex
+        waiter = self.register_waiter(token)
+        try:
+            await propose(token)
+            return await waiter
+        finally:
+            self.drop_waiter(token)
+
     def make_transport(self, kind: str, uri: str, additional_headers: dict[str, str], use_http_11: bool) -> Transport:
         if kind == "asgi":
             spec = uri[len(ASGI_SCHEME) :]
             app = self.asgi_apps.get(spec)
             if app is None:
                 raise DeploymentError(f"in-process app {spec!r} is not mounted in this process", status=400)
-            return AsgiTransport(app, label=f"in-process app {spec}")
+            return AsgiTransport(app, label=f"in-process app {spec}", signer=self.request_signer)
         assert self._http_session is not None
         return HttpTransport(
             uri,
@@ -335,6 +375,7 @@ class Engine:
             additional_headers=additional_headers,
             connect_timeout=self.config.invoker.connect_timeout.total_seconds(),
             use_http_11=use_http_11,
+            signer=self.request_signer,
         )
 
     def transport_for(self, deployment: Deployment) -> Transport:
@@ -375,6 +416,17 @@ class Engine:
                         stale = self._transports.pop(name, None)
                         if stale is not None:
                             asyncio.get_running_loop().create_task(stale.aclose())
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def serve(config: EngineConfig, *, ready: Any = None) -> int:

@@ -18,7 +18,6 @@ Restate's state version for the state the client read) a concurrent change is re
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -116,16 +115,12 @@ class StateRoutes:
         if not service.keyed:
             return _error(400, f"service {record.service} has no state (it is not a virtual object or workflow)")
         partition = engine.partitions[partition_for(partition_key_for_key(record.key), len(engine.partitions))]
-        token = uuid.uuid4().hex
-        waiter = engine.register_waiter(token)
         try:
-            try:
-                await partition.propose_nowait(dataclasses.replace(record, token=token))
-            except (OverloadedError, LogError) as exc:
-                return _error(503, f"try again: {exc}")
-            outcome = await waiter
-        finally:
-            engine.drop_waiter(token)
+            outcome = await engine.propose_and_wait(
+                lambda token: partition.propose_nowait(dataclasses.replace(record, token=token))
+            )
+        except (OverloadedError, LogError) as exc:
+            return _error(503, f"try again: {exc}")
         assert isinstance(outcome, Outcome)
         if outcome.status >= 400:
             return _error(outcome.status, outcome.message)

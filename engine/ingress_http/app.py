@@ -13,13 +13,14 @@ import json
 import logging
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from engine.errors import LogError, OverloadedError
+from engine.http_errors import json_http_errors, quiet_client_protocol_errors
 from engine.ids import (
     InvocationId,
     idempotent_invocation_id,
@@ -67,11 +68,19 @@ INGRESS_STATISTICS: web.AppKey[Callable[[], IngressStatistics]] = web.AppKey("ca
 
 
 def build_ingress_app(engine: Engine) -> web.Application:
-    app = web.Application(client_max_size=engine.config.ingress_http.request_size_limit_bytes + 1)
+    quiet_client_protocol_errors()  # unparsable requests: aiohttp's 400, logged at DEBUG
+    app = web.Application(
+        client_max_size=engine.config.ingress_http.request_size_limit_bytes + 1,
+        middlewares=[json_http_errors(_render_error)],  # e.g. a body over client_max_size: 413 in our envelope
+    )
     ingress = _Ingress(engine)
     app.router.add_route("*", "/{tail:.*}", ingress.handle)
     app[INGRESS_STATISTICS] = ingress.statistics
     return app
+
+
+def _render_error(status: int, message: str, headers: Mapping[str, str]) -> web.Response:
+    return error_response(status, message, headers=headers)
 
 
 class _Ingress:
@@ -169,18 +178,14 @@ class _Ingress:
     async def _attach(self, request: web.Request, inv: InvocationId, *, peek: bool) -> web.StreamResponse:
         if request.method not in ("GET", "POST"):
             return error_response(405, f"method {request.method} not allowed")
-        token = uuid.uuid4().hex
-        waiter = self.engine.register_waiter(token)
         try:
-            try:
-                await self.engine.propose_routed(
+            outcome = await self.engine.propose_and_wait(
+                lambda token: self.engine.propose_routed(
                     AttachSink(invocation_id=inv.to_bytes(), sink=Sink(token=token), peek=peek)
                 )
-            except (OverloadedError, LogError) as exc:
-                return error_response(503, f"try again: {exc}", headers={"retry-after": RETRY_AFTER_SECONDS})
-            outcome = await waiter
-        finally:
-            self.engine.drop_waiter(token)
+            )
+        except (OverloadedError, LogError) as exc:
+            return error_response(503, f"try again: {exc}", headers={"retry-after": RETRY_AFTER_SECONDS})
         if isinstance(outcome, Outcome):
             return error_response(outcome.status, outcome.message or "invocation not found")
         if isinstance(outcome, NotReady):
@@ -220,11 +225,9 @@ class _Ingress:
             if resolve
             else messages.notification(signal_id=index, failure=(500, body.decode("utf-8", errors="replace")))
         )
-        token = uuid.uuid4().hex
-        waiter = self.engine.register_waiter(token)
         try:
-            try:
-                await self.engine.propose_routed(
+            outcome = await self.engine.propose_and_wait(
+                lambda token: self.engine.propose_routed(
                     AppendNotification(
                         invocation_id=inv.to_bytes(),
                         entry=JournalEntry(ty=MessageType.SIGNAL_NOTIFICATION, body=note),
@@ -232,11 +235,9 @@ class _Ingress:
                         token=token,
                     )
                 )
-            except (OverloadedError, LogError) as exc:
-                return error_response(503, f"try again: {exc}", headers={"retry-after": RETRY_AFTER_SECONDS})
-            outcome = await waiter
-        finally:
-            self.engine.drop_waiter(token)
+            )
+        except (OverloadedError, LogError) as exc:
+            return error_response(503, f"try again: {exc}", headers={"retry-after": RETRY_AFTER_SECONDS})
         if isinstance(outcome, Outcome) and outcome.status != 202:
             return error_response(outcome.status, outcome.message)
         return web.Response(status=202)
@@ -369,9 +370,9 @@ class _Ingress:
                 if engine.invoker.overloaded():
                     raise OverloadedError("the invoker's queue is full")
                 applied = engine.propose(record)
-            except OverloadedError:
+            except OverloadedError as exc:
                 return error_response(
-                    503, "the engine is overloaded, retry later", headers={"retry-after": RETRY_AFTER_SECONDS}
+                    503, f"the engine is overloaded, retry later: {exc}", headers={"retry-after": RETRY_AFTER_SECONDS}
                 )
             try:
                 await applied

@@ -14,11 +14,15 @@ Invariants:
 * Only records of the attempt's ``epoch`` are applied (the processor drops others), so a stale attempt can never
   change an invocation that moved on.
 * A notification is pushed to the SDK only after the partition applied it (durable before acknowledged).
+* A record of the attempt that could not be stored (disk full) ends the attempt: the partition refuses its later
+  records, and the invoker stores an ``AttemptFailed`` instead, retrying until it is stored, so the invocation is
+  retried (from its journal as stored) once the log has room again, without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -89,7 +93,7 @@ class _Loaded:
 class _Attempt:
     """Bookkeeping of one running attempt: notifications to push, in journal order."""
 
-    __slots__ = ("epoch", "journal_length", "notifications")
+    __slots__ = ("epoch", "journal_length", "notifications", "received", "store_error")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -97,6 +101,20 @@ class _Attempt:
         # Not size-limited: it holds at most the notifications of this one invocation's journal that arrive while
         # the attempt runs (each was durable first), and the attempt drains it as fast as the SDK reads.
         self.notifications: asyncio.Queue[Notify] = asyncio.Queue()
+        self.received: asyncio.Queue[bytes | BaseException | None] | None = None  # what the attempt loop reads
+        self.store_error: LogError | None = None  # one of its records could not be stored
+
+    def on_stored(self, applied: asyncio.Future[int]) -> None:
+        """Done callback of the attempt's journal records: a record that was not stored ends the attempt now (an
+        SDK waiting for a completion of it would otherwise wait until the inactivity timeout)."""
+        if applied.cancelled() or self.store_error is not None:
+            return
+        exc = applied.exception()
+        if isinstance(exc, LogError):
+            self.store_error = exc
+            if self.received is not None:
+                with contextlib.suppress(asyncio.QueueFull):  # a full queue is read soon, and checked then
+                    self.received.put_nowait(exc)
 
 
 class _AttemptOutcome(Exception):
@@ -219,10 +237,12 @@ class Invoker:
             records = await self._drive(invocation_id, attempt, loaded)
         except _AttemptOutcome as outcome:
             records = [outcome.record]
+        except LogError as exc:
+            records = [self._fail(inv, attempt.epoch, 503, f"a journal entry could not be stored: {exc}").record]
         finally:
             self._attempt_seconds.observe(time.monotonic() - started)
             if records:
-                await self._propose_all(inv, records)
+                await self._propose_all(inv, attempt.epoch, records)
 
     def _fail(self, inv: bytes, epoch: int, code: int, message: str, **extra: Any) -> _AttemptOutcome:
         self._failed += 1
@@ -309,12 +329,15 @@ class Invoker:
             # async generator's __anext__ closes it, and the rest of the response would be lost).
             received: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=_PUMP_QUEUE_LIMIT)
             pump = asyncio.create_task(_pump(stream, received))
+            attempt.received = received
             request_open = stream.duplex
             deadline = inactivity if request_open else abort
             while True:
                 try:
                     async with asyncio.timeout(deadline):
                         item = await received.get()
+                    if attempt.store_error is not None:
+                        raise attempt.store_error
                     if isinstance(item, BaseException):
                         raise item
                     if item is None:
@@ -323,6 +346,10 @@ class Invoker:
                 except StopAsyncIteration:
                     if entries:
                         await self._flush(inv, epoch, entries)
+                    try:
+                        decoder.feed(b"")  # a bad frame right after the last good ones in the final chunk
+                    except ProtocolError as exc:
+                        raise self._fail(inv, epoch, 571, f"bad frame from the deployment: {exc}") from exc
                     raise self._fail(
                         inv, epoch, 500, "the deployment closed the stream without End, Suspension or Error"
                     ) from None
@@ -361,6 +388,9 @@ class Invoker:
                 pusher.cancel()
             if pump is not None:
                 pump.cancel()
+                # Let it finish before the stream is closed: closing drains the rest of the response, and the pump's
+                # pending read would otherwise race it. (wait() does not raise the pump's cancellation.)
+                await asyncio.wait([pump])
             if stream is not None:
                 try:
                     await stream.end_request()
@@ -421,7 +451,10 @@ class Invoker:
     async def _flush(self, inv: bytes, epoch: int, entries: list[JournalEntry]) -> None:
         record = AppendEntries(invocation_id=inv, epoch=epoch, entries=tuple(entries), now_ms=_now_ms())
         entries.clear()
-        await self._propose_in_order(inv, record)
+        applied = await self._propose_in_order(inv, record)
+        attempt = self._attempts.get(inv)
+        if attempt is not None and attempt.epoch == epoch:
+            applied.add_done_callback(attempt.on_stored)
 
     async def _propose_in_order(self, inv: bytes, record: Record) -> asyncio.Future[int]:
         """Enqueue ``record`` behind everything this attempt proposed before (a full log makes the attempt wait
@@ -432,13 +465,35 @@ class Invoker:
             except OverloadedError:
                 await asyncio.sleep(0.005)
 
-    async def _propose_all(self, inv: bytes, records: Iterable[Record]) -> None:
-        futures = [await self._propose_in_order(inv, r) for r in records]
+    async def _propose_all(self, inv: bytes, epoch: int, records: Iterable[Record]) -> None:
         try:
-            await asyncio.gather(*futures)
+            futures = [await self._propose_in_order(inv, r) for r in records]
+            for result in await asyncio.gather(*futures, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
+            return
         except LogError as exc:
-            # Not durable: the invocation stays as it was; recovery (or the next effect) retries it.
-            logger.error("could not persist the outcome of an attempt of %s: %s", InvocationId.from_bytes(inv), exc)
+            error = exc
+        # Not stored (e.g. the disk is full): nothing of this attempt after the failed record was stored either (the
+        # partition refuses it). End the attempt with an AttemptFailed, retried until it is stored, so that the
+        # invocation backs off and runs again once the log has room.
+        failed = AttemptFailed(
+            invocation_id=inv,
+            epoch=epoch,
+            code=503,
+            message=f"the attempt's records could not be stored: {error}",
+            now_ms=_now_ms(),
+        )
+        logger.warning("attempt %s/%d: records not stored: %s", InvocationId.from_bytes(inv), epoch, error)
+        delay = _STORE_RETRY_S
+        while not self._closing:
+            await asyncio.sleep(delay)
+            try:
+                await (await self._propose_in_order(inv, failed))
+                return
+            except LogError as exc:
+                logger.debug("attempt %s/%d: still not stored: %s", InvocationId.from_bytes(inv), epoch, exc)
+                delay = min(delay * 2, _STORE_RETRY_MAX_S)
 
     async def _push_notifications(self, stream: AttemptStream, attempt: _Attempt) -> None:
         while True:
@@ -513,6 +568,10 @@ _INLINE_LOAD_BUDGET_BYTES = 16 * 1024
 
 _PUMP_QUEUE_LIMIT = 64
 
+# Storing the AttemptFailed that ends an attempt whose records were not stored: first retry, and the longest wait.
+_STORE_RETRY_S = 0.1
+_STORE_RETRY_MAX_S = 5.0
+
 
 async def _pump(stream: AttemptStream, out: asyncio.Queue[bytes | BaseException | None]) -> None:
     """Move response chunks into a bounded queue; end with None, or the exception that ended the stream."""
@@ -536,6 +595,11 @@ def _status_message(status: int) -> str:
         return "the deployment rejected the negotiated protocol version (HTTP 415)"
     if status == 413:
         return "the deployment rejected the request as too large (HTTP 413)"
+    if status in (401, 403):
+        return (
+            f"the deployment rejected the request (HTTP {status}): does it require request identity "
+            "(invoker.request_identity_private_key_pem_file, the SDK's identity_keys)?"
+        )
     return f"the deployment answered HTTP {status}"
 
 

@@ -21,6 +21,9 @@ Invariants, and why they hold:
   synced before the log rolls to the next one, so recovery only ever needs to cut the end of the last segment.
 * **A failed write leaves no trace.** The segment is truncated back to where the batch started before the next
   batch is written; if even that fails, the log refuses further appends (state unknown) until reopened.
+* **Nothing is stored after a record that was refused.** A failed write also fails every entry queued behind it
+  (later records may build on the failed ones, and the log cannot tell), then the writer carries on: a full disk
+  fails appends while it lasts, and appends succeed again once there is room, without reopening the log.
 * **Readers see only acknowledged records.** :meth:`SegmentedLog.read` takes an immutable :class:`_View`
   (segments and last acknowledged LSN), replaced atomically by the event loop, and never reads past it.
 
@@ -187,6 +190,11 @@ class SegmentedLog:
     def first_lsn(self) -> int:
         """First LSN still stored (after prefix truncation); ``last_lsn + 1`` if the log is empty."""
         return self._view.segments[0].first_lsn
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the log refuses every append until it is reopened (a failed write could not be undone), or None."""
+        return self._failure
 
     def statistics(self) -> LogStatistics:
         """A snapshot of the counters."""
@@ -397,19 +405,22 @@ class SegmentedLog:
         except OSError as exc:
             self._sync_view(self._view.last_lsn)
             logger.error(
-                "log %s: writing records %d..%d failed: %s",
+                "log %s: writing records %d..%d failed (%d more queued records fail with them): %s",
                 self._directory,
                 first_lsn,
                 first_lsn + len(payloads) - 1,
+                self._queued - len(payloads),
                 exc,
             )
-            for entry in batch:
-                if not entry.future.done():
-                    error = LogError(f"appending to log {self._directory} failed: {exc}")
-                    error.__cause__ = exc
-                    entry.future.set_exception(error)
-            self._in_flight = []
-            self._release(len(payloads))
+            message = f"appending to log {self._directory} failed: {exc}"
+            cause = exc
+
+            def error() -> LogError:
+                failed = LogError(message)
+                failed.__cause__ = cause
+                return failed
+
+            self._fail_queued(error)
             return
         self._sync_view(first_lsn + len(payloads) - 1)
         self._batches += 1

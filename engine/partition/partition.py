@@ -3,6 +3,12 @@
 ``propose_nowait`` encodes a record and hands it to the log writer (group commit). Records are applied strictly in
 enqueue order == LSN order: the apply loop awaits each record's durability future in FIFO order, then applies every
 record that is already durable in one batch on the partition's thread, then dispatches the effects.
+
+A record that could not be stored (disk full) is simply not in the log. The records of one attempt build on each
+other (journal entries, then its outcome), so once one of them failed the partition refuses the attempt's later
+ones, except the ``AttemptFailed`` that ends it: the journal never gets a hole. If RocksDB runs out of space the
+apply loop waits for it to resume (it does so by itself when space returns) instead of stopping the engine, and
+meanwhile new records are refused with ``OverloadedError`` (HTTP 503 + Retry-After, Kafka partitions paused).
 """
 
 from __future__ import annotations
@@ -19,12 +25,19 @@ from pathlib import Path
 
 from engine import codec
 from engine.config import EngineConfig
-from engine.errors import EngineInternalError, LogError, OverloadedError, StorageError
+from engine.errors import (
+    CorruptRecordError,
+    EngineInternalError,
+    LogError,
+    OverloadedError,
+    StorageError,
+    StorageFullError,
+)
 from engine.log import SegmentedLog
 from engine.log.api import LogStatistics
 from engine.partition.effects import Effect
 from engine.partition.processor import PartitionProcessor
-from engine.partition.types import Record
+from engine.partition.types import AppendEntries, AttemptFailed, End, Record, Suspend
 from engine.storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -34,6 +47,18 @@ EffectSink = Callable[[int, list[Effect]], None]
 
 # A replay at least this long is announced before it starts (progress follows every log.recovery_progress_interval).
 _ANNOUNCE_REPLAY_RECORDS = 10_000
+
+# While RocksDB is out of disk space, an apply is retried after this long (doubling up to the maximum).
+_APPLY_RETRY_S = 0.05
+_APPLY_RETRY_MAX_S = 1.0
+
+AttemptKey = tuple[bytes, int]
+
+
+def _attempt_key(record: Record) -> AttemptKey | None:
+    if isinstance(record, AppendEntries | Suspend | End | AttemptFailed):
+        return record.invocation_id, record.epoch
+    return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +95,9 @@ class Partition:
         self._batches = 0
         self._records = 0
         self._since_truncate = 0
+        # The durability future of the last record proposed for each attempt still in flight (see the module doc).
+        self._attempt_tails: dict[AttemptKey, asyncio.Future[int]] = {}
+        self._storage_full: StorageFullError | None = None  # set while applying waits for RocksDB to have room
 
     @classmethod
     async def open(
@@ -82,6 +110,7 @@ class Partition:
         """Replay the log tail past ``applied_lsn`` (effects of replayed records are dropped: callers of the
         previous process are gone) and return the effects recomputed from the tables."""
         loop = asyncio.get_running_loop()
+        self._check_log_covers_tables()
         start = self.processor.applied_lsn + 1
         total = max(0, self._log.last_lsn - max(start, self._log.first_lsn) + 1)
         interval = self._config.log.recovery_progress_interval.total_seconds()
@@ -118,6 +147,24 @@ class Partition:
             logger.info("partition %d: replayed %d log records up to lsn %d", self.id, replayed, self._log.last_lsn)
         return await loop.run_in_executor(self._executor, self.processor.recovery_effects)
 
+    def _check_log_covers_tables(self) -> None:
+        """The log must hold every record past the tables' ``applied_lsn``: the tables come back as of a flush, and
+        the log is truncated only below a flush. A gap means acknowledged records are gone: refuse to start rather
+        than run on (and reuse their LSNs)."""
+        applied, first, last = self.processor.applied_lsn, self._log.first_lsn, self._log.last_lsn
+        if applied > last:
+            raise CorruptRecordError(
+                f"partition {self.id}: the tables have applied the log up to record {applied} but the log ends at "
+                f"record {last}: acknowledged records are missing from the end of the log (a damaged last record, "
+                "or log files from elsewhere)"
+            )
+        if applied + 1 < first:
+            raise CorruptRecordError(
+                f"partition {self.id}: the tables have applied the log up to record {applied} but the log starts at "
+                f"record {first}: records {applied + 1}..{first - 1} were truncated away, so the RocksDB directory "
+                "is older than the log (restored from an old copy?)"
+            )
+
     def propose_nowait(self, record: Record) -> asyncio.Future[int]:
         """Append ``record``; the returned future resolves with its LSN once it is durable AND applied.
 
@@ -125,7 +172,20 @@ class Partition:
         """
         if self._closed:
             raise LogError("partition is shutting down")
+        if self._storage_full is not None:
+            raise OverloadedError(f"partition {self.id} cannot apply records, RocksDB is out of disk space")
+        attempt = _attempt_key(record)
+        if attempt is not None:
+            tail = self._attempt_tails.get(attempt)
+            # A failed future is failed at once (the log fails everything queued behind a failed write, too), so
+            # nothing of this attempt can reach the log after the record that did not.
+            failed = tail is not None and tail.done() and not tail.cancelled() and tail.exception() is not None
+            if failed and not isinstance(record, AttemptFailed):
+                assert tail is not None
+                raise LogError(f"an earlier record of this attempt was not stored: {tail.exception()}")
         durable = self._log.append_nowait(codec.encode(record))
+        if attempt is not None:
+            self._attempt_tails[attempt] = durable
         applied: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((durable, record, applied))
         self._wakeup.set()
@@ -135,7 +195,6 @@ class Partition:
         return await self.propose_nowait(record)
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
                 if self._closed:
@@ -147,7 +206,14 @@ class Partition:
             try:
                 await asyncio.shield(durable)
             except LogError:
-                pass
+                if self._log.failure is not None:
+                    # Unlike a full disk, this does not pass: only reopening the log (a restart) recovers it.
+                    message = f"partition {self.id}: its log failed and must be reopened, restart the engine"
+                    for _, _, applied in self._pending:
+                        if not applied.done():
+                            applied.set_exception(LogError(f"{message}: {self._log.failure}"))
+                    self._pending.clear()
+                    raise EngineInternalError(f"{message}: {self._log.failure}") from None
             batch: list[tuple[int, Record]] = []
             waiters: list[tuple[asyncio.Future[int], int]] = []
             while self._pending and self._pending[0][0].done():
@@ -157,6 +223,9 @@ class Partition:
                     if not applied.done():
                         applied.set_exception(exc)
                     continue
+                attempt = _attempt_key(record)
+                if attempt is not None and self._attempt_tails.get(attempt) is fut:
+                    del self._attempt_tails[attempt]
                 lsn = fut.result()
                 batch.append((lsn, record))
                 waiters.append((applied, lsn))
@@ -169,7 +238,7 @@ class Partition:
                     with contextlib.suppress(StorageError):
                         effects = self.processor.apply_batch(batch, no_slowdown=True)
                 if effects is None:
-                    effects = await loop.run_in_executor(self._executor, self.processor.apply_batch, batch)
+                    effects = await self._apply_waiting_for_space(batch)
             except Exception as exc:
                 # The log holds these records; the tables do not. Continuing would apply later records on top
                 # of a state that misses these, so stop the engine (restart replays them).
@@ -186,9 +255,56 @@ class Partition:
                 self._since_truncate = 0
                 await self._truncate()
 
+    async def _apply_waiting_for_space(self, batch: list[tuple[int, Record]]) -> list[Effect]:
+        """Apply on the partition's thread; while RocksDB is out of disk space, wait for it to resume and retry
+        (``apply_batch`` changes nothing unless its write succeeds)."""
+        loop = asyncio.get_running_loop()
+        delay = _APPLY_RETRY_S
+        waiting_since = 0.0
+        while True:
+            try:
+                effects = await loop.run_in_executor(self._executor, self.processor.apply_batch, batch)
+            except StorageFullError as exc:
+                if not waiting_since:
+                    waiting_since = time.monotonic()
+                    self._storage_full = exc
+                    logger.error(
+                        "partition %d: RocksDB is out of disk space; applying stops (new records are refused, the "
+                        "log keeps the others) until RocksDB resumes, by itself within seconds once the disk has "
+                        "room for a memtable (write_buffer_size, 64 MiB by default): %s",
+                        self.id,
+                        exc,
+                    )
+                self._fail_lost_pending()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _APPLY_RETRY_MAX_S)
+                continue
+            self._storage_full = None
+            if waiting_since:
+                logger.warning(
+                    "partition %d: RocksDB has room again; applying resumed after %.1fs",
+                    self.id,
+                    time.monotonic() - waiting_since,
+                )
+            return effects
+
+    def _fail_lost_pending(self) -> None:
+        # Records queued behind the blocked batch that the log did not store are answered now, not when the apply
+        # loop gets to them.
+        for durable, _, applied in self._pending:
+            if durable.done() and not durable.cancelled() and not applied.done():
+                exc = durable.exception()
+                if exc is not None:
+                    applied.set_exception(exc)
+
     async def _truncate(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._store.flush)
+        try:
+            await loop.run_in_executor(self._executor, self._store.flush)
+        except StorageFullError as exc:
+            # The log keeps the records the tables may lose; truncation is tried again at the next interval.
+            logger.warning("partition %d: flushing RocksDB failed, the log is not truncated: %s", self.id, exc)
+            return
         await self._log.truncate_prefix(self.processor.applied_lsn)
 
     async def aclose(self) -> None:

@@ -31,6 +31,7 @@ from typing import Any, assert_never
 from engine import codec
 from engine.codec import register
 from engine.config import EngineConfig
+from engine.errors import ProtocolError
 from engine.ids import (
     InvocationId,
     idempotent_invocation_id,
@@ -297,9 +298,8 @@ class PartitionProcessor:
             lock_key = keys.lock(target.service, lk)
             if txn.get(lock_key) is not None:
                 seq_key = keys.inbox_seq(target.service, lk)
-                raw_seq = txn.get(seq_key)
-                seq = 0 if raw_seq is None else keys.parse_u64(raw_seq)
-                txn.put(seq_key, keys.u64(seq + 1))
+                seq, head = keys.parse_inbox_seq(txn.get(seq_key))
+                txn.put(seq_key, keys.pack_inbox_seq(seq + 1, head))
                 txn.put(keys.inbox(target.service, lk, seq), st.invocation_id)
                 _save(txn, replace(st, status=Status.INBOXED, inbox_seq=seq, modified_at_ms=now_ms))
                 return
@@ -437,13 +437,21 @@ class PartitionProcessor:
         if txn.get(lock_key) != holder:
             return
         txn.delete(lock_key)
-        for inbox_key, inv in txn.scan(keys.object_prefix(keys.INBOX, service, key)):
+        seq_key = keys.inbox_seq(service, key)
+        next_seq, head = keys.parse_inbox_seq(txn.get(seq_key))
+        if head >= next_seq:
+            return  # empty inbox
+        prefix = keys.object_prefix(keys.INBOX, service, key)
+        for inbox_key, inv in txn.scan(keys.inbox(service, key, head), upper=keys.inbox(service, key, next_seq)):
             txn.delete(inbox_key)
+            head = keys.parse_u64(inbox_key[len(prefix) :]) + 1
             nxt = _load(txn, inv)
             if nxt is None or nxt.status != Status.INBOXED:
                 continue
+            txn.put(seq_key, keys.pack_inbox_seq(next_seq, head))
             self._start_or_enqueue(txn, nxt, now_ms, effects)
             return
+        txn.put(seq_key, keys.pack_inbox_seq(next_seq, next_seq))
 
     # ==========================================================================================================
     # Attempts
@@ -454,13 +462,15 @@ class PartitionProcessor:
         if st is None or st.epoch != r.epoch or st.status == Status.COMPLETED:
             return
         for entry in r.entries:
+            before = st
             try:
                 if entry.ty == MessageType.PROPOSE_RUN_COMPLETION:
                     st = self._on_run_proposal(txn, st, entry, r.now_ms, effects)
                 elif is_command(entry.ty):
+                    msg = _decode_command(entry)  # before the append: a malformed command is never journaled
                     index = st.journal_length
                     st = _append_journal(txn, st, entry, r.now_ms)
-                    st = self._on_command(txn, st, index, entry, r.now_ms, effects)
+                    st = self._on_command(txn, st, index, entry, msg, r.now_ms, effects)
                 else:
                     logger.warning(
                         "invocation %s sent message type 0x%04x as a journal entry; ignored",
@@ -468,6 +478,12 @@ class PartitionProcessor:
                         entry.ty,
                     )
             except _Rejected as rejected:
+                # The refused entry is not kept (only its journal row was written before the refusal): the next
+                # attempt's SDK sends the command again, instead of replaying one the engine never carried out and
+                # waiting forever for its completion.
+                for index in range(before.journal_length, st.journal_length):
+                    txn.delete(keys.journal(st.invocation_id, index))
+                st = before
                 _save(txn, replace(st, modified_at_ms=r.now_ms))
                 effects.append(AbortAttempt(invocation_id=st.invocation_id))
                 self._apply_attempt_failed(
@@ -489,7 +505,10 @@ class PartitionProcessor:
     def _on_run_proposal(
         self, txn: Txn, st: InvocationStatus, entry: JournalEntry, now_ms: int, effects: list[Effect]
     ) -> InvocationStatus:
-        completion_id, body = messages.run_completion_from_proposal(entry.body)
+        try:
+            completion_id, body = messages.run_completion_from_proposal(entry.body)
+        except ProtocolError as exc:
+            raise _Rejected(571, f"bad message from the deployment: {exc}") from exc
         if completion_id in st.completed_ids:
             return st  # a proposal from a replay that raced its own completion: the first one wins
         return self._notify(txn, st, MessageType.RUN_COMPLETION, body, now_ms, effects, completion_id=completion_id)
@@ -602,6 +621,7 @@ class PartitionProcessor:
         st: InvocationStatus,
         index: int,
         entry: JournalEntry,
+        msg: Any,
         now_ms: int,
         effects: list[Effect],
     ) -> InvocationStatus:
@@ -615,7 +635,6 @@ class PartitionProcessor:
             MessageType.RUN_COMMAND,
         ):
             return st
-        msg: Any = messages.decode(ty, entry.body)
         if ty in _STATE_COMMANDS:
             return self._on_state_command(txn, st, ty, msg, now_ms, effects)
         if ty == MessageType.SLEEP_COMMAND:
@@ -1191,6 +1210,19 @@ def _reload(txn: Txn, st: InvocationStatus) -> InvocationStatus:
 
 def _save(txn: Txn, st: InvocationStatus) -> None:
     txn.put(keys.status(st.invocation_id), STATUS_ROWS.encode(st))
+
+
+def _decode_command(entry: JournalEntry) -> Any:
+    """The command's message, or ``_Rejected(571)`` when the deployment sent a body that is not valid for its type
+    (or a command type this engine has no schema for). Checked before the append: a journaled entry is replayed to
+    the SDK on every later attempt, and End reads the Output command back."""
+    try:
+        msg: Any = messages.decode(entry.ty, entry.body)
+    except ProtocolError as exc:
+        raise _Rejected(571, f"bad command from the deployment: {exc}") from exc
+    if entry.ty == MessageType.OUTPUT_COMMAND and msg.WhichOneof("result") is None:
+        raise _Rejected(571, "bad command from the deployment: OutputCommandMessage without value or failure")
+    return msg
 
 
 def _append_journal(txn: Txn, st: InvocationStatus, entry: JournalEntry, now_ms: int) -> InvocationStatus:

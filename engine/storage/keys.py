@@ -67,7 +67,24 @@ def inbox(service: str, key: str, seq: int) -> bytes:
 
 
 def inbox_seq(service: str, key: str) -> bytes:
+    """The row with the key's next inbox sequence number and its head: the lowest sequence that may still be in
+    the inbox (everything below was taken out). Scans start at the head so that they do not walk the tombstones of
+    a busy key's consumed rows."""
     return object_prefix(INBOX_SEQ, service, key)
+
+
+def pack_inbox_seq(next_seq: int, head: int) -> bytes:
+    return _U64.pack(next_seq) + _U64.pack(head)
+
+
+def parse_inbox_seq(raw: bytes | None) -> tuple[int, int]:
+    """``(next_seq, head)``; rows written before the head existed hold only ``next_seq`` (head 0)."""
+    if raw is None:
+        return 0, 0
+    if len(raw) == 8:
+        return _U64.unpack(raw)[0], 0
+    next_seq, head = struct.unpack(">QQ", raw)
+    return next_seq, head
 
 
 def dedup(partition: int, producer: str) -> bytes:
@@ -104,12 +121,14 @@ OUTBOX_SEQ = b"\x00O"
 PROMISE = b"\x0c"
 PROMISE_WAITER = b"\x0d"
 
+_U64_MAX = 2**64 - 1
 TIMER_START = 0xFFFFFFFF  # completion id slot of a timer that starts a scheduled (delayed) invocation
 _U32S = struct.Struct(">I")
 
 
 def timer(wake_ms: int, invocation_id: bytes, completion_id: int) -> bytes:
-    return TIMER + _U64.pack(max(0, wake_ms)) + invocation_id + _U32S.pack(completion_id)
+    # Clamped to u64: a wake-up time past 2^64-1 ms (a huge delay on top of now) is "never" either way.
+    return TIMER + _U64.pack(min(max(0, wake_ms), _U64_MAX)) + invocation_id + _U32S.pack(completion_id)
 
 
 def parse_timer(key: bytes) -> tuple[int, bytes, int]:

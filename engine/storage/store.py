@@ -14,7 +14,7 @@ from typing import Any
 
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
-from engine.errors import StorageError
+from engine.errors import StorageError, StorageFullError
 from engine.storage import keys
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class Store:
         try:
             self._db.write(wb, opts)
         except Exception as exc:
-            raise StorageError(f"rocksdb write failed: {exc}") from exc
+            raise _translate("rocksdb write failed", exc) from exc
         txn.writes.clear()
 
     def applied_lsn(self, partition: int) -> int:
@@ -106,14 +106,18 @@ class Store:
         try:
             self._db.flush(True)
         except Exception as exc:
-            raise StorageError(f"rocksdb flush failed: {exc}") from exc
+            raise _translate("rocksdb flush failed", exc) from exc
 
     def close(self) -> None:
         try:
             self._db.flush(True)
+        except Exception as exc:
+            # Nothing is lost: the partitions replay their logs from the applied_lsn of the last good flush.
+            logger.warning("rocksdb: the final flush failed (%s); the next start replays the log tail", exc)
+        try:
             self._db.close()
         except Exception as exc:
-            raise StorageError(f"rocksdb close failed: {exc}") from exc
+            raise _translate("rocksdb close failed", exc) from exc
 
     def snapshot(self) -> Snapshot:
         """A consistent read-only view of every table as of now (for introspection; blocking, use a thread)."""
@@ -161,6 +165,15 @@ class Snapshot:
         self._it = None
 
 
+def _translate(what: str, exc: Exception) -> StorageError:
+    # rocksdict raises plain Exceptions carrying RocksDB's status text, e.g. "IO error: No space left on device:
+    # While appending to file: .../000008.sst: No space left on device".
+    message = f"{what}: {exc}"
+    if "No space left on device" in str(exc):
+        return StorageFullError(message)
+    return StorageError(message)
+
+
 def _prefix_end(prefix: bytes) -> bytes | None:
     b = bytearray(prefix)
     while b:
@@ -195,8 +208,8 @@ class Txn:
         self.writes[key] = _DELETED
 
     def scan(self, prefix: bytes, *, upper: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """Merged view of the store and this transaction's writes, in key order."""
-        end = upper if upper is not None else _prefix_end(prefix)
+        """Merged view of the store and this transaction's writes, in key order. Lazy: a caller that stops after
+        the first row reads one row from RocksDB, not the whole range."""
 
         def in_range(k: bytes) -> bool:
             if upper is None:
@@ -204,13 +217,19 @@ class Txn:
             return prefix <= k < upper
 
         pending = sorted((k, v) for k, v in self.writes.items() if in_range(k))
-        base = {k: v for k, v in self.store.scan(prefix, upper=upper)}
-        for k, v in pending:
-            base[k] = v
-        for k in sorted(base):
-            v = base[k]
-            if v is _DELETED:
+        i = 0
+        for k, v in self.store.scan(prefix, upper=upper):
+            while i < len(pending) and pending[i][0] <= k:
+                pk, pv = pending[i]
+                i += 1
+                if pv is not _DELETED:
+                    yield pk, pv
+                if pk == k:
+                    break
+            else:
+                yield k, v
                 continue
-            if end is not None and k >= end:
-                break
-            yield k, v
+            # the transaction's own write for k was yielded (or k is deleted) instead of the stored value
+        for pk, pv in pending[i:]:
+            if pv is not _DELETED:
+                yield pk, pv

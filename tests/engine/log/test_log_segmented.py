@@ -513,6 +513,33 @@ async def test_enospc_fails_the_batch_and_leaves_the_log_usable(
     assert read_all(log) == [(1, payload(0)), (2, payload(1)), (3, b"space is back")]
 
 
+async def test_a_failed_write_fails_the_records_queued_behind_it(
+    open_log: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One record per batch: without the barrier the records behind the failed one would be written (the next pwrite
+    # works) and the log would hold record 2's successors without record 2.
+    log = await open_log(max_batch_records=1)
+    await log.append(payload(0))
+    real_pwrite = os.pwrite
+    calls = 0
+
+    def enospc_once(fd: int, data: Any, offset: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", enospc_once)
+    futures = [log.append_nowait(payload(i)) for i in range(1, 5)]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(r, LogError) and "No space left" in str(r) for r in results), results
+    assert calls == 1 and log.last_lsn == 1
+    # The writer carries on: the next append is stored, right after the last acknowledged record.
+    assert await log.append(b"later") == 2
+    assert read_all(log) == [(1, payload(0)), (2, b"later")]
+
+
 async def test_failed_rollback_fails_the_log(open_log: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
     log = await open_log()
     await log.append(b"durable")
