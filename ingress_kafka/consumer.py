@@ -22,7 +22,7 @@ import datetime
 import hashlib
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -59,6 +59,12 @@ def producer_id(sub: Subscription, topic: str, partition: int) -> str:
     # deleted and re-created with the same group.id resumes its dedup sequence instead of starting a new one.
     raw = f"{sub.group_id}\x00{topic}\x00{partition}\x00{sub.generation}".encode()
     return "kafka/" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class _Inflight:
+    applied: list[asyncio.Future[int]]
+    offsets: dict[TopicPartition, int]
 
 
 class SubscriptionConsumer:
@@ -98,16 +104,25 @@ class SubscriptionConsumer:
             await consumer.start()  # inside the try: cancelled while joining the group, it must still be stopped
             if sub.replay_pending:
                 await self._seek_for_replay(consumer)
-            while True:
-                batch = await consumer.getmany(timeout_ms=500)
-                await self._learn_committed(consumer)
-                if batch:
-                    await self._ingest(consumer, batch)
+            # Fetching and committing overlap: a batch's offsets are committed (in order) by the committer once its
+            # invocations are durable, while this loop proposes the next batches (at most inflight_batches ahead).
+            inflight: asyncio.Queue[_Inflight] = asyncio.Queue(maxsize=self._cfg.inflight_batches)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._commit_in_order(consumer, inflight))
+                    while True:
+                        batch = await consumer.getmany(timeout_ms=500)
+                        await self._learn_committed(consumer)
+                        if batch:
+                            await inflight.put(await self._ingest(consumer, batch))
+            except ExceptionGroup as group_error:  # the committer failed: report its error, not the group
+                raise group_error.exceptions[0] from None
         finally:
             self._consumer = None
             await consumer.stop()
 
-    async def _ingest(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    async def _ingest(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]) -> _Inflight:
+        """Propose the batch's invocations (in record order); the returned futures resolve once they are durable."""
         service = self._engine.registry.service(self.sub.service)
         if service is None or self.sub.handler not in service.handlers:
             raise SinkUnavailableError(f"sink {self.sub.sink} is not registered")
@@ -121,6 +136,16 @@ class SubscriptionConsumer:
                     applied.append(fut)
                 offsets[tp] = record.offset + 1
                 self._position[tp.partition] = record.offset + 1
+        return _Inflight(applied=applied, offsets=offsets)
+
+    async def _commit_in_order(self, consumer: AIOKafkaConsumer, inflight: asyncio.Queue[_Inflight]) -> None:
+        while True:
+            batch = await inflight.get()
+            await self._commit(consumer, batch.applied, batch.offsets)
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, applied: list[asyncio.Future[int]], offsets: dict[TopicPartition, int]
+    ) -> None:
         if applied:
             await asyncio.gather(*applied)  # durable and applied: now the offsets may move
         self.ingested += len(applied)

@@ -29,7 +29,7 @@ from ingress_kafka.formats import parse_format_options
 from ingress_kafka.metrics import SubscriptionCounters, kafka_metric_families
 from ingress_kafka.schema_registry import SchemaRegistryClient
 from subscriptions.admin import SubscriptionsAdmin
-from subscriptions.models import KafkaCluster, Subscription, decode_context
+from subscriptions.models import KafkaCluster, Subscription, decode_context, redact_properties
 from subscriptions.reconciler import Reconciler
 from subscriptions.registry import CLUSTER_PREFIX, SUBSCRIPTION_PREFIX, SubscriptionRegistry
 
@@ -144,7 +144,8 @@ class KafkaExtension:
             rows.append(
                 (
                     sub.id, sub.source, sub.sink, sub.cluster, sub.topic, sub.service, sub.handler,
-                    json.dumps(sub.options, sort_keys=True), sub.group_id, sub.generation, sub.created_at or None,
+                    json.dumps(redact_properties(sub.options), sort_keys=True), sub.group_id, sub.generation,
+                    sub.created_at or None,
                     bool(st.get("running")), int(st.get("ingested", 0)), int(st.get("dead_lettered", 0)),
                     bool(st.get("paused")), st.get("last_error"), sub.replay_pending,
                 )

@@ -12,6 +12,7 @@ transports.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from types import MappingProxyType
@@ -23,6 +24,7 @@ import aiohttp
 from engine.config import InvokerSection
 from engine.errors import DeploymentError, EngineInternalError
 from engine.invoker.discovery import DISCOVERY_ACCEPT, DiscoveryResponse, parse_discovery
+from engine.invoker.identity import RequestSigner
 from engine.invoker.transport import AttemptRequest
 
 __all__ = ["DEFAULT_DISCOVERY_TIMEOUT", "HttpAttemptStream", "HttpTransport", "open_http_session"]
@@ -50,6 +52,7 @@ def open_http_session(config: InvokerSection) -> aiohttp.ClientSession:
         auto_decompress=False,
         skip_auto_headers=_SKIP_AUTO_HEADERS,
         raise_for_status=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # deployments get no cookies back; skips cookie filtering per request
     )
 
 
@@ -91,10 +94,33 @@ class HttpAttemptStream:
             return
         self._closed = True
         self._registry.discard(self)
+        if not self._response.content.at_eof():
+            await self._drain()
         if self._response.content.at_eof():
             self._response.release()  # back to the pool (keep-alive)
         else:
             self._response.close()  # unread body: drop the connection
+
+    async def _drain(self) -> None:
+        """Read what is left of the response (usually just the final empty chunk, which arrives after the End or
+        Suspension frame the invoker stopped at) so the connection can go back to the pool: a closed connection
+        means a reconnect for the next attempt, and hypercorn's set-up for it."""
+        content = self._response.content
+        left = _DRAIN_LIMIT_BYTES
+        try:
+            async with asyncio.timeout(_DRAIN_TIMEOUT_S):
+                while left > 0 and not content.at_eof():
+                    chunk = await content.readany()
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return
+
+
+# After the outcome frame: how much more of a response we read to keep its connection (else it is closed).
+_DRAIN_LIMIT_BYTES: Final = 64 * 1024
+_DRAIN_TIMEOUT_S: Final = 1.0
 
 
 @final
@@ -112,8 +138,11 @@ class HttpTransport:
         connect_timeout: float,
         use_http_11: bool = True,
         discovery_timeout: float = DEFAULT_DISCOVERY_TIMEOUT,
+        signer: RequestSigner | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Request identity (engine.invoker.identity): the JWT's audience is the path below the deployment's URI.
+        self._signer = signer
         # aiohttp has no h2c: a deployment registered without use_http_11 is still driven over HTTP/1.1
         # (request-response). The flag is kept so the admin API can show what was registered.
         self.use_http_11 = use_http_11
@@ -124,11 +153,13 @@ class HttpTransport:
         self._streams: set[HttpAttemptStream] = set()
         self._closed = False
 
-    def _headers(self, extra: Mapping[str, str] | tuple[tuple[str, str], ...]) -> dict[str, str]:
+    def _headers(self, extra: Mapping[str, str] | tuple[tuple[str, str], ...], path: str) -> dict[str, str]:
         headers = {name.lower(): value for name, value in self._additional_headers.items()}
         items = extra.items() if isinstance(extra, Mapping) else extra
         for name, value in items:
             headers[name.lower()] = value
+        if self._signer is not None:
+            headers.update(self._signer.headers(path))
         return headers
 
     def _unreachable(self, url: str, exc: BaseException) -> DeploymentError:
@@ -140,11 +171,12 @@ class HttpTransport:
         if self._closed:
             raise DeploymentError(f"transport for {self.base_url} is closed", status=502)
         url = f"{self.base_url}/invoke/{quote(request.service, safe='')}/{quote(request.handler, safe='')}"
+        path = f"/invoke/{request.service}/{request.handler}"
         try:
             response = await self._session.post(  # the session's timeout: connecting only (see open_http_session)
                 url,
                 data=body,
-                headers=self._headers(request.headers),
+                headers=self._headers(request.headers, path),
                 allow_redirects=False,
                 skip_auto_headers=_SKIP_AUTO_HEADERS,
             )
@@ -160,7 +192,7 @@ class HttpTransport:
         try:
             async with self._session.get(
                 url,
-                headers=self._headers({"accept": DISCOVERY_ACCEPT}),
+                headers=self._headers({"accept": DISCOVERY_ACCEPT}, "/discover"),
                 timeout=timeout,
                 allow_redirects=False,
                 skip_auto_headers=_SKIP_AUTO_HEADERS,

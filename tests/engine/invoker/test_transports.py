@@ -571,6 +571,27 @@ async def test_http_keep_alive_reuses_connections(http: HttpTransport, session: 
     assert sum(len(conns) for conns in connector._conns.values()) == 1
 
 
+@pytest.mark.parametrize("transcript", ["rr-greeter", "rr-steps-three"])
+async def test_http_keep_alive_when_the_reader_stops_at_the_outcome_frame(
+    http: HttpTransport, session: aiohttp.ClientSession, transcript: str
+):
+    # The invoker stops reading at End/Suspension; the response's final empty chunk may still be on its way.
+    # Closing must drain it and keep the connection, not reconnect for every attempt.
+    attempt = transcript_attempt(transcript)
+    for _ in range(8):
+        stream = await http.start_attempt(request_for(attempt), initial_body(attempt), keep_open=False)
+        try:
+            reader = FrameReader(stream)
+            while (frame := await reader.next()) is not None and frame[0] not in (END, SUSPENSION):
+                pass
+            assert frame is not None
+        finally:
+            await stream.aclose()
+    connector = session.connector
+    assert connector is not None
+    assert sum(len(conns) for conns in connector._conns.values()) == 1
+
+
 async def test_http_unknown_handler_is_404(http: HttpTransport):
     attempt = transcript_attempt("rr-greeter")
     request = AttemptRequest(service="Greeter", handler="nope", headers=request_for(attempt).headers)
