@@ -292,6 +292,10 @@ class Engine:
     def propose(self, record: Invoke) -> asyncio.Future[int]:
         return self.partition_of(record.invocation_id).propose_nowait(record)
 
+    def propose_durable(self, record: Invoke) -> asyncio.Future[int]:
+        """As :meth:`propose`, but resolves once the record is durable in the log (it may not be applied yet)."""
+        return self.partition_of(record.invocation_id).propose_durable_nowait(record)
+
     def propose_to(self, invocation_id: bytes, record: Record) -> asyncio.Future[int]:
         return self.partition_of(invocation_id).propose_nowait(record)
 

@@ -2,9 +2,10 @@
 
 Per fetched batch, for each partition in offset order: decode the key and value, build an ``Invoke`` whose dedup
 tag is (producer = hash(subscription, group, topic, partition, generation), sequence = offset), propose it to the
-engine partition that owns the target (object key → partition), and once every invoke of the batch is durable and
-applied, commit the offsets. A record redelivered after a crash or a rebalance carries the same tag and the engine
-drops it, so each record becomes at most one invocation; offsets move only after durability, so none is lost.
+engine partition that owns the target (object key → partition), and once every invoke of the batch is durable in
+the log, commit the offsets (the partition applies them right after; a crash in between replays them from the
+log). A record redelivered after a crash or a rebalance carries the same tag and the engine drops it, so each
+record becomes at most one invocation; offsets move only after durability, so none is lost.
 
 Ordering: records of one Kafka partition are proposed in offset order, and records with the same key go to the
 same engine partition and object key, whose FIFO inbox runs them in that order. A plain-service sink with
@@ -30,7 +31,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from engine.errors import LogError, OverloadedError
 from engine.ids import InvocationId, partition_key_for_key, workflow_invocation_id
-from engine.partition.types import Dedup, HandlerType, Invoke, PutMetadata, Sink, Target
+from engine.partition.types import Dedup, HandlerType, Invoke, PutMetadata, RetentionPolicy, Sink, Target
 from engine.schema import Service, retention_policy
 from engine.tracing import find_traceparent
 from ingress_kafka.client_config import client_kwargs
@@ -63,7 +64,7 @@ def producer_id(sub: Subscription, topic: str, partition: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Inflight:
-    applied: list[asyncio.Future[int]]
+    durable: list[asyncio.Future[int]]
     offsets: dict[TopicPartition, int]
 
 
@@ -83,6 +84,8 @@ class SubscriptionConsumer:
         self.last_error: str | None = None
         self._committed: dict[int, int] = {}
         self._position: dict[int, int] = {}
+        self._producer_ids: dict[TopicPartition, tuple[tuple[str, int], str]] = {}
+        self._retention_cache: tuple[Service, RetentionPolicy] | None = None
 
     # ----------------------------------------------------------------------------------------------------------
 
@@ -126,30 +129,33 @@ class SubscriptionConsumer:
         service = self._engine.registry.service(self.sub.service)
         if service is None or self.sub.handler not in service.handlers:
             raise SinkUnavailableError(f"sink {self.sub.sink} is not registered")
-        applied: list[asyncio.Future[int]] = []
+        durable: list[asyncio.Future[int]] = []
         offsets: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
             for record in records:
                 await self._wait_for_room(consumer)
                 fut = await self._to_invocation(service, tp, record)
                 if fut is not None:
-                    applied.append(fut)
+                    durable.append(fut)
                 offsets[tp] = record.offset + 1
                 self._position[tp.partition] = record.offset + 1
-        return _Inflight(applied=applied, offsets=offsets)
+        return _Inflight(durable=durable, offsets=offsets)
 
     async def _commit_in_order(self, consumer: AIOKafkaConsumer, inflight: asyncio.Queue[_Inflight]) -> None:
         while True:
             batch = await inflight.get()
-            await self._commit(consumer, batch.applied, batch.offsets)
+            await self._commit(consumer, batch.durable, batch.offsets)
 
     async def _commit(
-        self, consumer: AIOKafkaConsumer, applied: list[asyncio.Future[int]], offsets: dict[TopicPartition, int]
+        self, consumer: AIOKafkaConsumer, durable: list[asyncio.Future[int]], offsets: dict[TopicPartition, int]
     ) -> None:
-        if applied:
-            await asyncio.gather(*applied)  # durable and applied: now the offsets may move
-        self.ingested += len(applied)
-        self._ext.counters(self.sub.id).ingested += len(applied)
+        if durable:
+            # Durable in the log: now the offsets may move (after a crash the log replays the invokes, and a
+            # record read again carries the same dedup tag). Waiting for the apply as well would tie the commit
+            # rate to the apply rate of the whole partition.
+            await asyncio.gather(*durable)
+        self.ingested += len(durable)
+        self._ext.counters(self.sub.id).ingested += len(durable)
         try:
             await consumer.commit({tp: off for tp, off in offsets.items()})
             for tp, off in offsets.items():
@@ -198,8 +204,12 @@ class SubscriptionConsumer:
         except PoisonRecordError as exc:
             await self._dead_letter(tp, record, stage=exc.stage, code=400, message=exc.reason)
             return None
-        producer = producer_id(sub, tp.topic, tp.partition)
-        digest = hashlib.sha256(producer.encode() + record.offset.to_bytes(8, "big")).digest()
+        producer = self._producer_ids.get(tp)
+        if producer is None or producer[0] != (sub.group_id, sub.generation):
+            producer = ((sub.group_id, sub.generation), producer_id(sub, tp.topic, tp.partition))
+            self._producer_ids[tp] = producer
+        producer_name = producer[1]
+        digest = hashlib.sha256(producer_name.encode() + record.offset.to_bytes(8, "big")).digest()
         ordering_key: str | None = None
         target_key: str | None = None
         if service.keyed:
@@ -259,24 +269,29 @@ class SubscriptionConsumer:
             headers=tuple(headers),
             sink=sink,
             deployment_id=service.deployment_id,
-            retention=retention_policy(
-                service=service,
-                handler=handler.name,
-                idempotent=False,
-                defaults=self._engine.config.invocation,
-            ),
-            dedup=Dedup(producer=producer, seq=record.offset),
+            retention=self._retention(service),
+            dedup=Dedup(producer=producer_name, seq=record.offset),
             now_ms=now,
             random_seed=int.from_bytes(digest[24:32], "little"),
             traceparent=find_traceparent(headers),  # a record's own W3C trace context, if it carries one
         )
         while True:
             try:
-                return self._engine.propose(invoke)
+                return self._engine.propose_durable(invoke)
             except OverloadedError:
                 await asyncio.sleep(self._cfg.backpressure_check_interval.total_seconds())
             except LogError as exc:
                 raise KafkaIngestError(f"the engine refused the record: {exc}") from exc
+
+    def _retention(self, service: Service) -> RetentionPolicy:
+        """The sink's retention policy, computed once per registration of the service (a record at a time adds up)."""
+        cached = self._retention_cache
+        if cached is None or cached[0] is not service:
+            policy = retention_policy(
+                service=service, handler=self.sub.handler, idempotent=False, defaults=self._engine.config.invocation
+            )
+            cached = self._retention_cache = (service, policy)
+        return cached[1]
 
     async def _dead_letter(
         self, tp: TopicPartition, record: ConsumerRecord, *, stage: str, code: int, message: str

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -168,12 +169,29 @@ class Partition:
     def propose_nowait(self, record: Record) -> asyncio.Future[int]:
         """Append ``record``; the returned future resolves with its LSN once it is durable AND applied.
 
-        Raises OverloadedError when the log's queue is full.
+        Raises OverloadedError when the log's queue is full, or when ``log.queue_limit`` records are durable but not
+        yet applied (the apply loop is behind).
         """
+        return self._propose(record)[1]
+
+    def propose_durable_nowait(self, record: Record) -> asyncio.Future[int]:
+        """As :meth:`propose_nowait`, but the future resolves once the record is durable in the log, before it is
+        applied. For producers that only need durability (a Kafka offset may be committed then: after a crash the
+        record is replayed from the log). The future is the caller's own: cancelling it changes nothing."""
+        durable, _ = self._propose(record)
+        mine: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        durable.add_done_callback(functools.partial(_copy_outcome, mine))
+        return mine
+
+    def _propose(self, record: Record) -> tuple[asyncio.Future[int], asyncio.Future[int]]:
         if self._closed:
             raise LogError("partition is shutting down")
         if self._storage_full is not None:
             raise OverloadedError(f"partition {self.id} cannot apply records, RocksDB is out of disk space")
+        if len(self._pending) >= self._config.log.queue_limit:
+            raise OverloadedError(
+                f"partition {self.id}: {len(self._pending)} records wait to be applied (log.queue_limit)"
+            )
         attempt = _attempt_key(record)
         if attempt is not None:
             tail = self._attempt_tails.get(attempt)
@@ -189,7 +207,7 @@ class Partition:
         applied: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((durable, record, applied))
         self._wakeup.set()
-        return applied
+        return durable, applied
 
     async def propose(self, record: Record) -> int:
         return await self.propose_nowait(record)
@@ -329,6 +347,17 @@ class Partition:
 
     def log_statistics(self) -> LogStatistics:
         return self._log.statistics()
+
+
+def _copy_outcome(target: asyncio.Future[int], source: asyncio.Future[int]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif (exc := source.exception()) is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(source.result())
 
 
 __all__ = ["OverloadedError", "Partition", "PartitionStatistics"]

@@ -143,12 +143,39 @@ def start_message(
 
 
 def input_command(value: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
-    """Body of the ``InputCommandMessage`` that opens every journal (``value`` always present)."""
-    msg = pb.InputCommandMessage(
-        headers=[pb.Header(key=k, value=v) for k, v in headers],
-        value=pb.Value(content=value),
-    )
-    return msg.SerializeToString()
+    """Body of the ``InputCommandMessage`` that opens every journal (``value`` always present).
+
+    Encoded by hand (it is built for every invocation, a Kafka record's with several headers): the same bytes as
+    ``pb.InputCommandMessage(headers=[pb.Header(key=k, value=v) ...], value=pb.Value(content=value))
+    .SerializeToString()`` — fields in number order, empty strings left out, ``value`` always present (a test
+    compares the two on random input)."""
+    out = bytearray()
+    for k, v in headers:
+        kb = k.encode()
+        vb = v.encode()
+        header = bytearray()
+        if kb:
+            header += b"\x0a" + _varint(len(kb)) + kb  # Header.key = 1
+        if vb:
+            header += b"\x12" + _varint(len(vb)) + vb  # Header.value = 2
+        out += b"\x0a" + _varint(len(header)) + header  # headers = 1
+    content = b"\x0a" + _varint(len(value)) + value if value else b""  # Value.content = 1
+    out += b"\x72" + _varint(len(content)) + content  # value = 14
+    return bytes(out)
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL_VARINTS = tuple(bytes([i]) for i in range(0x80))
 
 
 def _failure(code: int, message: str, metadata: Sequence[tuple[str, str]]) -> pb.Failure:

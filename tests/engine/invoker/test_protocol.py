@@ -268,6 +268,18 @@ def test_input_command():
     assert body.endswith(bytes.fromhex("7200"))
 
 
+@given(
+    value=st.binary(max_size=300),
+    headers=st.lists(st.tuples(st.text(max_size=150), st.text(max_size=200)), max_size=6),
+)
+def test_input_command_is_the_protobuf_encoding(value: bytes, headers: list[tuple[str, str]]) -> None:
+    # The hand-written encoder must give the protobuf library's bytes exactly (lengths past one varint byte too).
+    expected = pb.InputCommandMessage(
+        headers=[pb.Header(key=k, value=v) for k, v in headers], value=pb.Value(content=value)
+    ).SerializeToString()
+    assert input_command(value, headers) == expected
+
+
 def test_decode_output():
     assert decode_output(bytes.fromhex("7200")) == (b"", None)
     assert decode_output(bytes.fromhex("7203 0a0135")) == (b"5", None)
