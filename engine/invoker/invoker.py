@@ -118,8 +118,11 @@ class _Attempt:
 
 
 class _AttemptOutcome(Exception):
-    def __init__(self, record: Record) -> None:
+    """Ends an attempt with ``record``; ``proposed`` is its application future when it was proposed already."""
+
+    def __init__(self, record: Record, proposed: asyncio.Future[int] | None = None) -> None:
         self.record = record
+        self.proposed = proposed
 
 
 class Invoker:
@@ -232,17 +235,21 @@ class Invoker:
         current_invocation.set(invocation_id)  # this attempt's task only: its log lines carry the id
         self._started += 1
         records: list[Record] = []
+        proposed: list[asyncio.Future[int]] = []
         started = time.monotonic()
         try:
             records = await self._drive(invocation_id, attempt, loaded)
         except _AttemptOutcome as outcome:
-            records = [outcome.record]
+            if outcome.proposed is not None:
+                proposed.append(outcome.proposed)
+            else:
+                records = [outcome.record]
         except LogError as exc:
             records = [self._fail(inv, attempt.epoch, 503, f"a journal entry could not be stored: {exc}").record]
         finally:
             self._attempt_seconds.observe(time.monotonic() - started)
-            if records:
-                await self._propose_all(inv, attempt.epoch, records)
+            if records or proposed:
+                await self._propose_all(inv, attempt.epoch, records, proposed)
 
     def _fail(self, inv: bytes, epoch: int, code: int, message: str, **extra: Any) -> _AttemptOutcome:
         self._failed += 1
@@ -380,7 +387,9 @@ class Invoker:
                     if outcome is not None:
                         if entries:
                             await self._flush(inv, epoch, entries)
-                        raise _AttemptOutcome(outcome)
+                        # Proposed now, so that its write and fsync overlap with closing the stream below (which
+                        # reads the rest of the response: the final chunk after End or Suspension).
+                        raise _AttemptOutcome(outcome, await self._propose_in_order(inv, outcome))
                 if entries and stream.duplex:
                     await self._flush(inv, epoch, entries)
         finally:
@@ -465,9 +474,12 @@ class Invoker:
             except OverloadedError:
                 await asyncio.sleep(0.005)
 
-    async def _propose_all(self, inv: bytes, epoch: int, records: Iterable[Record]) -> None:
+    async def _propose_all(
+        self, inv: bytes, epoch: int, records: Iterable[Record], proposed: Iterable[asyncio.Future[int]] = ()
+    ) -> None:
+        """Propose ``records`` (after the ones already ``proposed``) and wait until all of them are applied."""
         try:
-            futures = [await self._propose_in_order(inv, r) for r in records]
+            futures = [*proposed] + [await self._propose_in_order(inv, r) for r in records]
             for result in await asyncio.gather(*futures, return_exceptions=True):
                 if isinstance(result, BaseException):
                     raise result
