@@ -96,6 +96,7 @@ class Partition:
         self._batches = 0
         self._records = 0
         self._since_truncate = 0
+        self._truncation: asyncio.Task[None] | None = None  # a background flush + log truncation
         # The durability future of the last record proposed for each attempt still in flight (see the module doc).
         self._attempt_tails: dict[AttemptKey, asyncio.Future[int]] = {}
         self._storage_full: StorageFullError | None = None  # set while applying waits for RocksDB to have room
@@ -269,9 +270,14 @@ class Partition:
             if effects:
                 self._on_effects(self.id, effects)
             self._since_truncate += len(batch)
-            if self._since_truncate >= self._config.storage.truncate_every_records:
+            if self._since_truncate >= self._config.storage.truncate_every_records and (
+                self._truncation is None or self._truncation.done()
+            ):
                 self._since_truncate = 0
-                await self._truncate()
+                # In the background: applying goes on while RocksDB flushes (a flush takes tens of milliseconds
+                # or more, and every caller would wait that long). Records applied meanwhile may or may not be
+                # in the flush; the log is truncated only below what was applied when it started.
+                self._truncation = asyncio.create_task(self._truncate(self.processor.applied_lsn))
 
     async def _apply_waiting_for_space(self, batch: list[tuple[int, Record]]) -> list[Effect]:
         """Apply on the partition's thread; while RocksDB is out of disk space, wait for it to resume and retry
@@ -315,15 +321,19 @@ class Partition:
                 if exc is not None:
                     applied.set_exception(exc)
 
-    async def _truncate(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _truncate(self, upto: int) -> None:
+        """Flush RocksDB (on a thread of its own, not the partition's: applies on that thread go on meanwhile), then
+        drop the log's records up to ``upto``, which the flush made durable in the tables."""
         try:
-            await loop.run_in_executor(self._executor, self._store.flush)
+            await asyncio.to_thread(self._store.flush)
+            await self._log.truncate_prefix(upto)
         except StorageFullError as exc:
             # The log keeps the records the tables may lose; truncation is tried again at the next interval.
             logger.warning("partition %d: flushing RocksDB failed, the log is not truncated: %s", self.id, exc)
-            return
-        await self._log.truncate_prefix(self.processor.applied_lsn)
+        except StorageError as exc:
+            logger.error("partition %d: flushing RocksDB failed, the log is not truncated: %s", self.id, exc)
+        except LogError as exc:
+            logger.warning("partition %d: truncating the log failed: %s", self.id, exc)
 
     async def aclose(self) -> None:
         """Stop taking records; callers wait for the run loop to drain before closing storage."""
@@ -331,6 +341,8 @@ class Partition:
         self._wakeup.set()
 
     async def close_log(self) -> None:
+        if self._truncation is not None:
+            await asyncio.wait([self._truncation])
         await self._log.aclose()
         self._executor.shutdown(wait=True)
 
