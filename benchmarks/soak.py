@@ -13,8 +13,8 @@
    figure, until a step is not sustained (fewer than 98% of its requests answered within the step, an error, or a
    p99 over ``--step-p99-limit``, 1 s); peak = the highest rate answered in a sustained step. A closed loop of 64
    workers batches more per log write and apply than arrivals spread in time do, so it overstates what the engine
-   sustains under the soak's own arrival pattern (measured: 758 req/s closed, ~500 sustained; at 0.8 x 758 the
-   queue grew for the whole run). ``--peak-mode closed`` soaks at a fraction of the closed-loop figure.
+   sustains under the soak's own arrival pattern (2026-12-06: 657-758 req/s closed, 525 sustained; at 0.8 x 758 the
+   queue grew for most of the run). ``--peak-mode closed`` soaks at a fraction of the closed-loop figure.
 3. Soak: open loop at ``--load`` (0.8) x peak for ``--minutes`` (10): request ``i`` is due at ``start + i / rate``
    whether or not earlier ones were answered, and its latency counts from when it was due (no coordinated omission).
    The client keeps ``--connections`` (the peak's concurrency) connections, as in the peak measurement: requests
