@@ -327,11 +327,11 @@ class Partition:
         try:
             await asyncio.to_thread(self._store.flush)
             await self._log.truncate_prefix(upto)
-        except StorageFullError as exc:
-            # The log keeps the records the tables may lose; truncation is tried again at the next interval.
-            logger.warning("partition %d: flushing RocksDB failed, the log is not truncated: %s", self.id, exc)
         except StorageError as exc:
-            logger.error("partition %d: flushing RocksDB failed, the log is not truncated: %s", self.id, exc)
+            # The log keeps the records the tables may lose; truncation is tried again at the next interval. A full
+            # disk passes by itself (a warning); any other flush failure is an error.
+            level = logging.WARNING if isinstance(exc, StorageFullError) else logging.ERROR
+            logger.log(level, "partition %d: flushing RocksDB failed, the log is not truncated: %s", self.id, exc)
         except LogError as exc:
             logger.warning("partition %d: truncating the log failed: %s", self.id, exc)
 

@@ -22,6 +22,7 @@ Design notes (read before changing anything here):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import struct
@@ -438,20 +439,16 @@ class PartitionProcessor:
         next_seq, head = keys.parse_inbox_seq(txn.get(seq_key))
         if head >= next_seq:
             return  # empty inbox
-        # Common case: the head row is there (nothing was taken out of the middle of the inbox). One point read
-        # instead of a range scan, whose cost would grow with the batch's pending writes.
-        head_key = keys.inbox(service, key, head)
-        inv = txn.get(head_key)
-        if inv is not None:
-            txn.delete(head_key)
-            nxt = _load(txn, inv)
-            if nxt is not None and nxt.status == Status.INBOXED:
-                txn.put(seq_key, keys.pack_inbox_seq(next_seq, head + 1))
-                self._start_or_enqueue(txn, nxt, now_ms, effects)
-                return
-            head += 1
+        # Common case: the head row is there (nothing was taken out of the middle of the inbox): one point read. The
+        # range scan behind it (lazy: it runs only if the head row is missing or stale) costs more, and its cost grows
+        # with the batch's pending writes.
         prefix = keys.object_prefix(keys.INBOX, service, key)
-        for inbox_key, inv in txn.scan(keys.inbox(service, key, head), upper=keys.inbox(service, key, next_seq)):
+        head_key = keys.inbox(service, key, head)
+        head_row = txn.get(head_key)
+        first = [(head_key, head_row)] if head_row is not None else []
+        rest_from = keys.inbox(service, key, head + 1 if head_row is not None else head)
+        rows = itertools.chain(first, txn.scan(rest_from, upper=keys.inbox(service, key, next_seq)))
+        for inbox_key, inv in rows:
             txn.delete(inbox_key)
             head = keys.parse_u64(inbox_key[len(prefix) :]) + 1
             nxt = _load(txn, inv)
