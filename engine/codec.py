@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import operator
 import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -105,7 +104,15 @@ def _enc_float(v: float, out: bytearray) -> None:
 def _enc_list(v: tuple[Any, ...] | list[Any], out: bytearray) -> None:
     out += _TAG_U32.pack(T_LIST, len(v))
     for item in v:
-        _enc(item, out)
+        t = type(item)
+        if t is str:  # headers are tuples of (str, str) pairs: inline the common case
+            raw = item.encode()
+            out += _TAG_U32.pack(T_STR, len(raw))
+            out += raw
+        elif t is tuple:
+            _enc_list(item, out)
+        else:
+            _enc(item, out)
 
 
 def _enc_dict(v: dict[Any, Any], out: bytearray) -> None:
@@ -116,19 +123,56 @@ def _enc_dict(v: dict[Any, Any], out: bytearray) -> None:
 
 
 def _dataclass_encoder(cls: type[Any], tag: int, names: tuple[str, ...]) -> _Encoder:
-    header = bytes([T_DC]) + _U32.pack(tag) + _U32.pack(len(names))
-    getter = operator.attrgetter(*names) if len(names) > 1 else None
+    """An encoder written for ``cls``: one straight-line function with the common scalar types inlined per field.
 
-    def enc(v: Any, out: bytearray) -> None:
-        out += header
-        if getter is None:
-            for name in names:
-                _enc(getattr(v, name), out)
-            return
-        for item in getter(v):
-            _enc(item, out)
-
-    return enc
+    Same bytes as encoding field by field through :func:`_enc` (the golden test pins them); the generic dispatch,
+    a function call per field, was most of the cost of encoding a wide status row.
+    """
+    lines = [f"def enc_{cls.__name__}(v, out):", "    out += header"]
+    for name in names:
+        if not name.isidentifier():  # dataclass field names always are; keep generated code honest anyway
+            raise RuntimeError(f"cannot generate an encoder for field {name!r} of {cls!r}")
+        lines += [
+            f"    x = v.{name}",
+            "    t = type(x)",
+            "    if t is str:",
+            "        r = x.encode()",
+            "        out += pack_tu32(T_STR, len(r))",
+            "        out += r",
+            "    elif t is int and LO <= x < HI:",
+            "        out += pack_ti64(T_INT, x)",
+            "    elif x is None:",
+            "        out.append(T_NONE)",
+            "    elif t is bytes:",
+            "        out += pack_tu32(T_BYTES, len(x))",
+            "        out += x",
+            "    elif t is bool:",
+            "        out.append(T_TRUE if x else T_FALSE)",
+            "    else:",
+            "        fn = encoders.get(t)",
+            "        if fn is None:",
+            "            enc_slow(x, out)",
+            "        else:",
+            "            fn(x, out)",
+        ]
+    namespace: dict[str, Any] = {
+        "header": bytes([T_DC]) + _U32.pack(tag) + _U32.pack(len(names)),
+        "pack_tu32": _TAG_U32.pack,
+        "pack_ti64": _TAG_I64.pack,
+        "encoders": _encoders,
+        "enc_slow": _enc_slow,
+        "LO": -(2**63),
+        "HI": 2**63,
+        "T_STR": T_STR,
+        "T_INT": T_INT,
+        "T_NONE": T_NONE,
+        "T_BYTES": T_BYTES,
+        "T_TRUE": T_TRUE,
+        "T_FALSE": T_FALSE,
+    }
+    exec(compile("\n".join(lines), f"<codec encoder for {cls.__qualname__}>", "exec"), namespace)
+    fn: _Encoder = namespace[f"enc_{cls.__name__}"]
+    return fn
 
 
 _encoders.update(
@@ -148,14 +192,20 @@ _encoders.update(
 )
 
 
-def _enc_enum(v: enum.Enum, out: bytearray) -> None:
-    _enc(v.value, out)
+def _enum_encoder(cls: type[enum.Enum]) -> _Encoder:
+    """Enum classes are few and small: each member's bytes are computed once (those of its value)."""
+    table = {member: encode(member.value) for member in cls}
+
+    def enc(v: Any, out: bytearray) -> None:
+        out += table[v]
+
+    return enc
 
 
 def _enc_slow(v: Any, out: bytearray) -> None:
     if isinstance(v, enum.Enum):
-        _encoders[type(v)] = _enc_enum  # enums classes are few: dispatch them directly from now on
-        _enc(v.value, out)
+        _encoders[type(v)] = _enum_encoder(type(v))  # dispatch this enum class directly from now on
+        _enc(v, out)
     elif isinstance(v, bool):
         _enc_bool(v, out)
     elif isinstance(v, int):

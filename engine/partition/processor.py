@@ -26,13 +26,14 @@ import itertools
 import json
 import logging
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, assert_never
 
 from engine import codec
 from engine.codec import register
 from engine.config import EngineConfig
 from engine.errors import ProtocolError
+from engine.frozen import replace
 from engine.ids import (
     InvocationId,
     idempotent_invocation_id,

@@ -3,7 +3,9 @@ of data already on disk."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import struct
 
 import pytest
 from hypothesis import given
@@ -100,3 +102,47 @@ def test_row_cache_verify_catches_values_that_do_not_round_trip() -> None:
     cache.verify = True
     with pytest.raises(AssertionError, match="round trip"):
         cache.encode(AppendEntries(invocation_id=bytes(24), epoch=1, entries=[]))  # type: ignore[arg-type]
+
+
+def _reference(v: object) -> bytes:
+    """The format, written the slow obvious way (an isinstance chain), to pin the generated per-class encoders."""
+    if v is None:
+        return bytes([codec.T_NONE])
+    if isinstance(v, enum.Enum):
+        return _reference(v.value)
+    if isinstance(v, bool):
+        return bytes([codec.T_TRUE if v else codec.T_FALSE])
+    if isinstance(v, int):
+        if -(2**63) <= v < 2**63:
+            return bytes([codec.T_INT]) + v.to_bytes(8, "little", signed=True)
+        raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
+        return bytes([codec.T_BIGINT]) + len(raw).to_bytes(4, "little") + raw
+    if isinstance(v, float):
+        return bytes([codec.T_FLOAT]) + struct.pack("<d", v)
+    if isinstance(v, bytes | bytearray):
+        return bytes([codec.T_BYTES]) + len(v).to_bytes(4, "little") + v
+    if isinstance(v, str):
+        raw = v.encode()
+        return bytes([codec.T_STR]) + len(raw).to_bytes(4, "little") + raw
+    if isinstance(v, tuple | list):
+        return bytes([codec.T_LIST]) + len(v).to_bytes(4, "little") + b"".join(_reference(i) for i in v)
+    if isinstance(v, dict):
+        body = b"".join(_reference(k) + _reference(i) for k, i in v.items())
+        return bytes([codec.T_DICT]) + len(v).to_bytes(4, "little") + body
+    assert dataclasses.is_dataclass(v) and not isinstance(v, type)
+    names = [f.name for f in dataclasses.fields(v)]
+    head = bytes([codec.T_DC]) + codec._tag_of[type(v)].to_bytes(4, "little") + len(names).to_bytes(4, "little")
+    return head + b"".join(_reference(getattr(v, n)) for n in names)
+
+
+# Any value in any field: the generated encoders inline str/int/None/bytes/bool and must fall back for the rest.
+_field_values = _values | st.sampled_from(list(Status)) | st.integers(-(2**70), 2**70) | st.binary().map(bytearray)
+
+
+@given(_field_values, _field_values, st.lists(_field_values, max_size=3))
+def test_generated_encoders_write_the_reference_format(a: object, b: object, more: list[object]) -> None:
+    value = (
+        AppendEntries(invocation_id=a, epoch=b, entries=tuple(JournalEntry(ty=x, body=b) for x in more)),  # type: ignore[arg-type]
+        [a, (b, a), Status.INVOKED],
+    )
+    assert codec.encode(value) == _reference(value)
