@@ -67,9 +67,14 @@ class AttemptStream(Protocol):
         response."""
         ...
 
+    async def read_chunk(self) -> bytes | None:
+        """The next response body chunk, or None once the response ended (chunk boundaries are arbitrary;
+        reassemble frames). Raises ``DeploymentError`` if the deployment fails or the connection breaks
+        mid-response. Safe to cancel: a cancelled read loses nothing, the next one returns what it would have."""
+        ...
+
     def chunks(self) -> AsyncIterator[bytes]:
-        """Response body chunks until the response ends (chunk boundaries are arbitrary; reassemble frames).
-        Raises ``DeploymentError`` if the deployment fails or the connection breaks mid-response."""
+        """:meth:`read_chunk` until the response ends, as an async iterator (not safe to cancel mid-way)."""
         ...
 
     async def aclose(self) -> None:

@@ -197,16 +197,21 @@ class AsgiAttemptStream:
             return
         await self._push({"type": "http.request", "body": b"", "more_body": False})
 
+    async def read_chunk(self) -> bytes | None:
+        if self._eof_seen:
+            return None
+        item = await self._body_q.get()  # Queue.get leaves the item queued when cancelled: safe to cancel
+        if item is None:
+            self._eof_seen = True
+            return None
+        if isinstance(item, DeploymentError):
+            self._eof_seen = True
+            raise item
+        return item
+
     async def chunks(self) -> AsyncIterator[bytes]:
-        while not self._eof_seen:
-            item = await self._body_q.get()
-            if item is None:
-                self._eof_seen = True
-                return
-            if isinstance(item, DeploymentError):
-                self._eof_seen = True
-                raise item
-            yield item
+        while (chunk := await self.read_chunk()) is not None:
+            yield chunk
 
     def _disconnect(self) -> None:
         """Queue ``http.disconnect`` once, dropping unread request events if the queue is full."""
@@ -244,7 +249,7 @@ class AsgiAttemptStream:
         finally:
             self._resolve_start(DeploymentError(f"{self._label}: attempt closed before the response started"))
             if not self._eof_seen:
-                # Wake a reader blocked in chunks() (in another task): the attempt is over.
+                # Wake a reader blocked in read_chunk() (in another task): the attempt is over.
                 while not self._body_q.empty():
                     self._body_q.get_nowait()
                 self._body_q.put_nowait(DeploymentError(f"{self._label}: attempt closed", status=500))

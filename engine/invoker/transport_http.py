@@ -80,14 +80,19 @@ class HttpAttemptStream:
     async def end_request(self) -> None:
         return  # the body ended with start_attempt
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def read_chunk(self) -> bytes | None:
         if self._closed:
-            return
+            return None
         try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
+            # readany() keeps unread data in the stream's buffer when cancelled: safe to cancel.
+            chunk = await self._response.content.readany()
         except (aiohttp.ClientError, OSError) as exc:
             raise DeploymentError(f"deployment at {self._url} broke the response stream: {exc!r}", status=502) from exc
+        return chunk or None  # b"" = end of the body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.read_chunk()) is not None:
+            yield chunk
 
     async def aclose(self) -> None:
         if self._closed:

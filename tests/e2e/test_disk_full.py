@@ -226,7 +226,9 @@ async def test_disk_full_answers_503_and_recovers_without_a_restart(
             if await small_requests(f"slack-a{attempt}", 10, cause="No space left", refused_only=False) == 10:
                 break
             fill(fillers[0])
-        assert await small_requests("full-a", 20, cause="No space left on device") == 20
+        # Refused from now on, bar a rare small record that fits in a page another failed write just gave back
+        # (stored: answered later, or 200 if applied in time; both are checked with the rest at the end).
+        assert await small_requests("full-a", 20, cause="No space left on device", refused_only=False) >= 15
         for inv, awakeable in long_a[1]:
             # a completion is a small record: it may still fit in the last page's few free bytes
             answer = await try_once(http, url(f"/restate/awakeables/{awakeable}/resolve"), "early")
