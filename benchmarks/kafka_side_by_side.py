@@ -69,6 +69,7 @@ from benchmarks.side_by_side import (
     RunningEngine,
     _fmt,
     cpu_ticks,
+    exit_cleanly_on_sigterm,
     percentile,
     reexec_in_netns,
 )
@@ -354,6 +355,7 @@ def start_broker(work: Path) -> Any:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    exit_cleanly_on_sigterm()
     binary: Path | None = None
     if "restate" in args.engines:
         binary = restate_server.ensure_installed(args.cache_dir)  # npm needs the network: before the namespace

@@ -44,7 +44,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.side_by_side import APP_SPEC, RESULTS_DIR, WORKLOADS, RunningEngine, cpu_ticks, drive
+from benchmarks.side_by_side import (
+    APP_SPEC,
+    RESULTS_DIR,
+    WORKLOADS,
+    RunningEngine,
+    cpu_ticks,
+    drive,
+    exit_cleanly_on_sigterm,
+)
 from tests.services.fixtures import DeploymentProcess, start_deployment
 
 GiB = 1024**3
@@ -350,6 +358,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    exit_cleanly_on_sigterm()
     stamp = time.strftime("%Y%m%dT%H%M%S")
     log_dir = Path(tempfile.mkdtemp(prefix="capstan-memory-", dir=args.data_root))
     services: dict[str, DeploymentProcess] = {}

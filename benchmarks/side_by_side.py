@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -372,8 +373,19 @@ def reexec_in_netns(argv: list[str], script_path: Path = Path(__file__)) -> None
     os.execvpe("unshare", cmd, env)
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """``kill <pid>`` of a benchmark runs its ``finally`` blocks, which stop the engines and services it started
+    (the default SIGTERM action ends the interpreter at once and leaves them running)."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    exit_cleanly_on_sigterm()
     binary: Path | None = None
     if any(kind in args.engines for kind in RESTATE_KINDS):
         # npm needs the network: install before entering the namespace.

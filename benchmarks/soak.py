@@ -64,6 +64,7 @@ from benchmarks.side_by_side import (
     Workload,
     cpu_ticks,
     drive,
+    exit_cleanly_on_sigterm,
     percentile,
 )
 from tests.services.fixtures import DeploymentProcess, start_deployment
@@ -437,6 +438,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    exit_cleanly_on_sigterm()
     workload = WORKLOADS[args.workload]
     seconds = args.minutes * 60
     data_root = Path(tempfile.mkdtemp(prefix="capstan-soak-", dir=args.data_root))
