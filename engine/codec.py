@@ -2,8 +2,9 @@
 
 Values are tagged: None, bool, int (signed 64-bit, or arbitrary size as bytes), float, bytes, str, tuple/list,
 dict with str keys, enums (stored as their value) and registered frozen dataclasses (stored as a tag + their
-fields in declaration order). Decoding rebuilds the same dataclasses. Nothing here can execute code, and the format
-does not depend on the Python version (unlike pickle or marshal).
+fields in declaration order). Decoding rebuilds the same dataclasses. Nothing in the data can make this run code
+(each registered class's encoder is generated once, from its field names), and the format does not depend on the
+Python version (unlike pickle or marshal).
 
 Adding a field at the END of a dataclass with a default keeps old rows readable (missing trailing fields take the
 default); removing or reordering fields is a breaking change.
@@ -197,7 +198,11 @@ def _enum_encoder(cls: type[enum.Enum]) -> _Encoder:
     table = {member: encode(member.value) for member in cls}
 
     def enc(v: Any, out: bytearray) -> None:
-        out += table[v]
+        raw = table.get(v)
+        if raw is None:  # not a listed member (a combination of Flag members, say): encode its value
+            _enc(v.value, out)
+        else:
+            out += raw
 
     return enc
 

@@ -146,3 +146,13 @@ def test_generated_encoders_write_the_reference_format(a: object, b: object, mor
         [a, (b, a), Status.INVOKED],
     )
     assert codec.encode(value) == _reference(value)
+
+
+class _Perm(enum.Flag):
+    R = 1
+    W = 2
+
+
+def test_enum_values_not_listed_as_members_encode_as_their_value() -> None:
+    assert codec.encode(_Perm.R) == codec.encode(1)  # fills the per-class table
+    assert codec.encode(_Perm.R | _Perm.W) == codec.encode(3)  # a combination is not in the table
