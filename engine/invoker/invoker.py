@@ -610,11 +610,16 @@ class _ReadDeadline:
         try:
             return await stream.read_chunk()
         except asyncio.CancelledError:
-            if self._expired and self._task.uncancel() <= self._cancelling:
-                raise TimeoutError from None
+            if self._expired:
+                self._expired = False
+                if self._task.uncancel() <= self._cancelling:
+                    raise TimeoutError from None
             raise
         finally:
             self._due = None
+            if self._expired:  # expired, but the read ended otherwise (it swallowed the cancel): take ours back
+                self._expired = False
+                self._task.uncancel()
 
     def interrupt(self) -> None:
         """A read waiting now, and every later one, raises ``TimeoutError``."""
@@ -630,8 +635,8 @@ class _ReadDeadline:
     def _check(self) -> None:
         self._handle = None
         due = self._due
-        if due is None or self._expired:
-            return  # no read waits; the next one arms a handle again
+        if due is None or self._expired or self._interrupted:
+            return  # no read waits (or it is ending already); the next one arms a handle again
         if self._loop.time() < due:
             self._handle = self._loop.call_at(due, self._check)
             return

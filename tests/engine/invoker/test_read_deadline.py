@@ -118,3 +118,19 @@ async def test_cancelled_as_it_times_out_stays_cancelled() -> None:
     await asyncio.wait({task})
     assert outcome == ["cancelled"]
     assert task.cancelled()
+
+
+async def test_a_read_that_swallows_the_deadline_leaves_no_cancel_request_behind() -> None:
+    class Stubborn:
+        async def read_chunk(self) -> bytes | None:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                return b"anyway"
+            return None
+
+    reads = _ReadDeadline()
+    assert await reads.read(Stubborn(), 0.02) == b"anyway"  # type: ignore[arg-type]
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    await asyncio.sleep(0)  # and the task goes on without a CancelledError
+    reads.close()
