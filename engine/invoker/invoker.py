@@ -605,7 +605,6 @@ class _ReadDeadline:
         self._due = due
         if self._handle is None:
             self._handle = self._loop.call_at(due, self._check)
-        self._expired = False
         self._cancelling = self._task.cancelling()
         try:
             return await stream.read_chunk()
