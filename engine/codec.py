@@ -44,6 +44,7 @@ def register(tag: int) -> Any:
         names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
         _fields_of[cls] = names
         _encoders[cls] = _dataclass_encoder(cls, tag, names)
+        _decoders[tag] = _dataclass_decoder(cls, names)
         return cls
 
     return deco
@@ -256,13 +257,7 @@ def _dec(m: memoryview, pos: int) -> tuple[Any, int]:
         pos += 4
         return str(m[pos : pos + n], "utf-8"), pos + n
     if t == T_LIST:
-        (n,) = _U32.unpack_from(m, pos)
-        pos += 4
-        items = []
-        for _ in range(n):
-            item, pos = _dec(m, pos)
-            items.append(item)
-        return tuple(items), pos
+        return _dec_list(m, pos)
     if t == T_DICT:
         (n,) = _U32.unpack_from(m, pos)
         pos += 4
@@ -272,18 +267,11 @@ def _dec(m: memoryview, pos: int) -> tuple[Any, int]:
             d[k], pos = _dec(m, pos)
         return d, pos
     if t == T_DC:
-        tag, n = struct.unpack_from("<II", m, pos)
-        pos += 8
-        cls = _by_tag.get(tag)
-        if cls is None:
+        tag, n = _TAG_N.unpack_from(m, pos)
+        dec = _decoders.get(tag)
+        if dec is None:
             raise ValueError(f"unknown record tag {tag}")
-        names = _fields_of[cls]
-        kwargs: dict[str, Any] = {}
-        for i in range(n):
-            value, pos = _dec(m, pos)
-            if i < len(names):
-                kwargs[names[i]] = value
-        return cls(**kwargs), pos
+        return dec(m, pos + 8, n)
     if t == T_FLOAT:
         return _F64.unpack_from(m, pos)[0], pos + 8
     if t == T_BIGINT:
@@ -291,6 +279,112 @@ def _dec(m: memoryview, pos: int) -> tuple[Any, int]:
         pos += 4
         return int.from_bytes(m[pos : pos + n], "little", signed=True), pos + n
     raise ValueError(f"bad type tag {t} at {pos - 1}")
+
+
+def _dec_list(m: memoryview, pos: int) -> tuple[tuple[Any, ...], int]:
+    """A list's items, from just after its type tag (strings and nested lists, as in headers, inlined)."""
+    (n,) = _U32.unpack_from(m, pos)
+    pos += 4
+    items: list[Any] = []
+    append = items.append
+    for _ in range(n):
+        t = m[pos]
+        if t == T_STR:
+            k = pos + 5 + _U32.unpack_from(m, pos + 1)[0]
+            append(str(m[pos + 5 : k], "utf-8"))
+            pos = k
+        elif t == T_LIST:
+            item, pos = _dec_list(m, pos + 1)
+            append(item)
+        else:
+            item, pos = _dec(m, pos)
+            append(item)
+    return tuple(items), pos
+
+
+def _dec_fields(cls: type[Any], m: memoryview, pos: int, n: int) -> tuple[Any, int]:
+    """A dataclass's ``n`` encoded fields, field by field: missing trailing fields take their defaults, unknown
+    trailing fields (written by a newer version) are skipped."""
+    names = _fields_of[cls]
+    kwargs: dict[str, Any] = {}
+    for i in range(n):
+        value, pos = _dec(m, pos)
+        if i < len(names):
+            kwargs[names[i]] = value
+    return cls(**kwargs), pos
+
+
+_Decoder = Callable[[memoryview, int, int], tuple[Any, int]]
+_decoders: dict[int, _Decoder] = {}
+_TAG_N = struct.Struct("<II")
+
+
+def _dataclass_decoder(cls: type[Any], names: tuple[str, ...]) -> _Decoder:
+    """A decoder written for ``cls``, the mirror of :func:`_dataclass_encoder`: common scalar types inlined per
+    field, and the instance's slots filled directly (a frozen ``__init__`` costs one ``object.__setattr__`` per
+    field). Rows with another field count, and classes whose slots cannot be filled faithfully (no ``__slots__``,
+    a ``__post_init__``, ``init=False`` fields), take :func:`_dec_fields`, which builds through ``__init__``."""
+    fields = dataclasses.fields(cls)
+    slots = getattr(cls, "__slots__", None)
+    direct = (
+        slots is not None
+        and not hasattr(cls, "__post_init__")
+        and all(f.init for f in fields)
+        and set(names) == set(slots)
+    )
+    lines = [f"def dec_{cls.__name__}(m, pos, n):", f"    if n != {len(names)}:", "        return slow(cls, m, pos, n)"]
+    for i, name in enumerate(names):
+        if not name.isidentifier():
+            raise RuntimeError(f"cannot generate a decoder for field {name!r} of {cls!r}")
+        x = f"f{i}"
+        lines += [
+            "    t = m[pos]",
+            "    if t == T_STR:",
+            "        k = pos + 5 + u32(m, pos + 1)[0]",
+            f"        {x} = str(m[pos + 5 : k], 'utf-8')",
+            "        pos = k",
+            "    elif t == T_INT:",
+            f"        {x} = i64(m, pos + 1)[0]",
+            "        pos += 9",
+            "    elif t == T_NONE:",
+            f"        {x} = None",
+            "        pos += 1",
+            "    elif t == T_BYTES:",
+            "        k = pos + 5 + u32(m, pos + 1)[0]",
+            f"        {x} = bytes(m[pos + 5 : k])",
+            "        pos = k",
+            "    elif t == T_LIST:",
+            f"        {x}, pos = dec_list(m, pos + 1)",
+            "    else:",
+            f"        {x}, pos = dec(m, pos)",
+        ]
+    if direct:
+        lines.append("    o = new(cls)")
+        lines += [f"    set_{name}(o, f{i})" for i, name in enumerate(names)]
+        lines.append("    return o, pos")
+    else:
+        args = ", ".join(f"{name}=f{i}" for i, name in enumerate(names))
+        lines.append(f"    return cls({args}), pos")
+    namespace: dict[str, Any] = {
+        "cls": cls,
+        "slow": _dec_fields,
+        "dec": _dec,
+        "dec_list": _dec_list,
+        "new": object.__new__,
+        "u32": _U32.unpack_from,
+        "i64": _I64.unpack_from,
+        "T_STR": T_STR,
+        "T_INT": T_INT,
+        "T_NONE": T_NONE,
+        "T_BYTES": T_BYTES,
+        "T_LIST": T_LIST,
+    }
+    if direct:
+        for name in names:
+            namespace[f"set_{name}"] = getattr(cls, name).__set__  # the slot's member descriptor
+    exec(compile("\n".join(lines), f"<codec decoder for {cls.__qualname__}>", "exec"), namespace)
+    fn: _Decoder = namespace[f"dec_{cls.__name__}"]
+    return fn
 
 
 class RowCache:
