@@ -297,6 +297,11 @@ class Engine:
         """As :meth:`propose`, but resolves once the record is durable in the log (it may not be applied yet)."""
         return self.partition_of(record.invocation_id).propose_durable_nowait(record)
 
+    def propose_encoded_durable(self, invocation_id: bytes, encoded: bytes) -> asyncio.Future[int]:
+        """As :meth:`propose_durable`, for an ``Invoke`` of ``invocation_id`` already encoded (``codec.encode``):
+        the partition decodes it when it applies it (the Kafka worker process sends them so)."""
+        return self.partition_of(invocation_id).propose_durable_nowait(encoded)
+
     def propose_to(self, invocation_id: bytes, record: Record) -> asyncio.Future[int]:
         return self.partition_of(invocation_id).propose_nowait(record)
 

@@ -38,7 +38,7 @@ from engine.log import SegmentedLog
 from engine.log.api import LogStatistics
 from engine.partition.effects import Effect
 from engine.partition.processor import PartitionProcessor
-from engine.partition.types import AppendEntries, AttemptFailed, End, Record, Suspend
+from engine.partition.types import AppendEntries, AttemptFailed, End, Invoke, Record, Suspend
 from engine.storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ EffectSink = Callable[[int, list[Effect]], None]
 
 # A replay at least this long is announced before it starts (progress follows every log.recovery_progress_interval).
 _ANNOUNCE_REPLAY_RECORDS = 10_000
+_INVOKE_HEAD = codec.header_of(Invoke)
 
 # While RocksDB is out of disk space, an apply is retried after this long (doubling up to the maximum).
 _APPLY_RETRY_S = 0.05
@@ -56,7 +57,7 @@ _APPLY_RETRY_MAX_S = 1.0
 AttemptKey = tuple[bytes, int]
 
 
-def _attempt_key(record: Record) -> AttemptKey | None:
+def _attempt_key(record: Record | bytes) -> AttemptKey | None:
     if isinstance(record, AppendEntries | Suspend | End | AttemptFailed):
         return record.invocation_id, record.epoch
     return None
@@ -90,7 +91,10 @@ class Partition:
         self._on_effects = on_effects
         self.processor = PartitionProcessor(partition_id, store, config)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"partition-{partition_id}")
-        self._pending: collections.deque[tuple[asyncio.Future[int], Record, asyncio.Future[int]]] = collections.deque()
+        # A record, or its encoded bytes (decoded by the apply, off the loop: records built by the Kafka worker).
+        self._pending: collections.deque[tuple[asyncio.Future[int], Record | bytes, asyncio.Future[int]]] = (
+            collections.deque()
+        )
         self._wakeup = asyncio.Event()
         self._closed = False
         self._batches = 0
@@ -175,16 +179,22 @@ class Partition:
         """
         return self._propose(record)[1]
 
-    def propose_durable_nowait(self, record: Record) -> asyncio.Future[int]:
+    def propose_durable_nowait(self, record: Record | bytes) -> asyncio.Future[int]:
         """As :meth:`propose_nowait`, but the future resolves once the record is durable in the log, before it is
         applied. For producers that only need durability (a Kafka offset may be committed then: after a crash the
-        record is replayed from the log). The future is the caller's own: cancelling it changes nothing."""
+        record is replayed from the log). The future is the caller's own: cancelling it changes nothing.
+
+        ``record`` may be an ``Invoke`` already encoded (``codec.encode``), as the Kafka worker process sends them:
+        the log stores the bytes as they are and the apply decodes them, so the event loop's cost per record is
+        the append alone."""
+        if type(record) is bytes and not record.startswith(_INVOKE_HEAD):
+            raise ValueError("encoded records proposed here must be Invoke records")
         durable, _ = self._propose(record)
         mine: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         durable.add_done_callback(functools.partial(_copy_outcome, mine))
         return mine
 
-    def _propose(self, record: Record) -> tuple[asyncio.Future[int], asyncio.Future[int]]:
+    def _propose(self, record: Record | bytes) -> tuple[asyncio.Future[int], asyncio.Future[int]]:
         if self._closed:
             raise LogError("partition is shutting down")
         if self._storage_full is not None:
@@ -202,7 +212,7 @@ class Partition:
             if failed and not isinstance(record, AttemptFailed):
                 assert tail is not None
                 raise LogError(f"an earlier record of this attempt was not stored: {tail.exception()}")
-        durable = self._log.append_nowait(codec.encode(record))
+        durable = self._log.append_nowait(record if type(record) is bytes else codec.encode(record))
         if attempt is not None:
             self._attempt_tails[attempt] = durable
         applied: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -233,7 +243,7 @@ class Partition:
                             applied.set_exception(LogError(f"{message}: {self._log.failure}"))
                     self._pending.clear()
                     raise EngineInternalError(f"{message}: {self._log.failure}") from None
-            batch: list[tuple[int, Record]] = []
+            batch: list[tuple[int, Record | bytes]] = []
             waiters: list[tuple[asyncio.Future[int], int]] = []
             while self._pending and self._pending[0][0].done():
                 fut, record, applied = self._pending.popleft()
@@ -279,7 +289,7 @@ class Partition:
                 # in the flush; the log is truncated only below what was applied when it started.
                 self._truncation = asyncio.create_task(self._truncate(self.processor.applied_lsn))
 
-    async def _apply_waiting_for_space(self, batch: list[tuple[int, Record]]) -> list[Effect]:
+    async def _apply_waiting_for_space(self, batch: list[tuple[int, Record | bytes]]) -> list[Effect]:
         """Apply on the partition's thread; while RocksDB is out of disk space, wait for it to resume and retry
         (``apply_batch`` changes nothing unless its write succeeds)."""
         loop = asyncio.get_running_loop()

@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, assert_never
 
@@ -130,8 +131,9 @@ class PartitionProcessor:
     # Entry points
     # ==========================================================================================================
 
-    def apply_batch(self, records: list[tuple[int, Record]], *, no_slowdown: bool = False) -> list[Effect]:
-        """Apply durable records (LSN order) in one WriteBatch; return the effects to dispatch after it.
+    def apply_batch(self, records: Sequence[tuple[int, Record | bytes]], *, no_slowdown: bool = False) -> list[Effect]:
+        """Apply durable records (LSN order) in one WriteBatch; return the effects to dispatch after it. A record
+        may come as its encoded bytes (as the log stores it), decoded here.
 
         Nothing but the tables and ``applied_lsn`` changes, and only when the write succeeds: after a StorageError
         the same batch can be applied again (``no_slowdown``: fail rather than wait in a RocksDB write stall)."""
@@ -142,7 +144,7 @@ class PartitionProcessor:
         for lsn, record in records:
             if lsn <= last:
                 raise AssertionError(f"partition {self.partition_id}: lsn {lsn} after {last}")
-            self._apply(txn, record, effects)
+            self._apply(txn, codec.decode(record) if isinstance(record, bytes) else record, effects)
             last = lsn
         self.store.commit(txn, partition=self.partition_id, lsn=last, no_slowdown=no_slowdown)
         self.applied_lsn = last
