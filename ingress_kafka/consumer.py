@@ -1,11 +1,16 @@
 """One subscription's consumer: Kafka records → durable invoke records, exactly once, in order per key.
 
 Per fetched batch, for each partition in offset order: decode the key and value, build an ``Invoke`` whose dedup
-tag is (producer = hash(subscription, group, topic, partition, generation), sequence = offset), propose it to the
-engine partition that owns the target (object key → partition), and once every invoke of the batch is durable in
-the log, commit the offsets (the partition applies them right after; a crash in between replays them from the
-log). A record redelivered after a crash or a rebalance carries the same tag and the engine drops it, so each
-record becomes at most one invocation; offsets move only after durability, so none is lost.
+tag is (producer = hash(subscription, group, topic, partition, generation), sequence = offset), hand the batch to
+the host, which proposes each invoke to the engine partition that owns the target (object key → partition), and
+once every invoke of the batch is durable in the log, commit the offsets (the partition applies them right after;
+a crash in between replays them from the log). A record redelivered after a crash or a rebalance carries the same
+tag and the engine drops it, so each record becomes at most one invocation; offsets move only after durability, so
+none is lost.
+
+The host (``ConsumerHost``) is the Kafka extension itself when consumers run inside the engine process, or the
+link to the engine when they run in the Kafka worker process (``ingress_kafka.worker``): the consumer is the same
+code in both.
 
 Ordering: records of one Kafka partition are proposed in offset order, and records with the same key go to the
 same engine partition and object key, whose FIFO inbox runs them in that order. A plain-service sink with
@@ -23,26 +28,25 @@ import datetime
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from engine.errors import LogError, OverloadedError
+from engine.config import IngressKafkaSection, InvocationSection
 from engine.ids import InvocationId, partition_key_for_key, workflow_invocation_id
-from engine.partition.types import Dedup, HandlerType, Invoke, PutMetadata, RetentionPolicy, Sink, Target
+from engine.partition.types import Dedup, HandlerType, Invoke, RetentionPolicy, Sink, Target
 from engine.schema import Service, retention_policy
 from engine.tracing import find_traceparent
 from ingress_kafka.client_config import client_kwargs
-from ingress_kafka.dlq import DeadLetter, error_headers
+from ingress_kafka.dlq import DeadLetter, DeadLetterSender, error_headers
 from ingress_kafka.formats import PoisonRecordError, RecordDecoder, parse_format_options
 from subscriptions.models import KafkaCluster, Subscription, encode_context
-from subscriptions.registry import SUBSCRIPTION_PREFIX
 
-if TYPE_CHECKING:
-    from engine.server import Engine
-    from ingress_kafka.extension import KafkaExtension
+if TYPE_CHECKING:  # aiohttp, which the client needs, is imported by the worker process only once it is used
+    from ingress_kafka.schema_registry import SchemaRegistryClient
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +66,64 @@ def producer_id(sub: Subscription, topic: str, partition: int) -> str:
     return "kafka/" + hashlib.sha256(raw).hexdigest()[:32]
 
 
+class ConsumerHost(Protocol):
+    """What a consumer needs from the engine: the sink's schema, room, durability, and its metadata rows."""
+
+    kafka_config: IngressKafkaSection
+    invocation_config: InvocationSection
+    dead_letters: DeadLetterSender
+
+    def service(self, name: str) -> Service | None: ...
+
+    def overloaded(self) -> bool:
+        """The engine has no room for new invocations now: pause the partitions and ask again later."""
+        ...
+
+    async def submit(self, sub: Subscription, invokes: list[Invoke]) -> Awaitable[object]:
+        """Propose ``invokes`` in order (returns once they are in the log's queue, so the next batch follows them);
+        the awaitable completes once all are durable, or raises ``KafkaIngestError``."""
+        ...
+
+    async def put_subscription(self, sub: Subscription) -> None:
+        """Store the subscription's row (the consumer records that a replay has moved its offsets)."""
+        ...
+
+    def schema_registry(self, sub: Subscription) -> SchemaRegistryClient | None: ...
+
+    def count(self, sub: Subscription, *, ingested: int = 0, dead_lettered: int = 0) -> None:
+        """Add to the subscription's counters for metrics."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Inflight:
-    durable: list[asyncio.Future[int]]
+    durable: Awaitable[object] | None
+    count: int
     offsets: dict[TopicPartition, int]
 
 
+def idle_status(sub: Subscription) -> dict[str, Any]:
+    """The status of a subscription whose consumer is not running (yet)."""
+    return {
+        "running": False,
+        "group_id": sub.group_id,
+        "partitions": [],
+        "ingested": 0,
+        "dead_lettered": 0,
+        "paused": False,
+        "paused_times": 0,
+        "last_error": None,
+        "replaying": sub.replay_pending,
+    }
+
+
 class SubscriptionConsumer:
-    def __init__(self, extension: KafkaExtension, sub: Subscription, cluster: KafkaCluster) -> None:
-        self._ext = extension
-        self._engine: Engine = extension.engine
+    def __init__(self, host: ConsumerHost, sub: Subscription, cluster: KafkaCluster) -> None:
+        self._host = host
         self.sub = sub
         self.cluster = cluster
-        self._decoder = RecordDecoder(parse_format_options(sub.options), extension.schema_registry(sub))
-        self._cfg = self._engine.config.ingress_kafka
+        self._decoder = RecordDecoder(parse_format_options(sub.options), host.schema_registry(sub))
+        self._cfg = host.kafka_config
         self._consumer: AIOKafkaConsumer | None = None
         self.ingested = 0
         self.dead_lettered = 0
@@ -125,37 +173,43 @@ class SubscriptionConsumer:
             await consumer.stop()
 
     async def _ingest(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]) -> _Inflight:
-        """Propose the batch's invocations (in record order); the returned futures resolve once they are durable."""
-        service = self._engine.registry.service(self.sub.service)
+        """Propose the batch's invocations (in record order); the returned awaitable completes once they are
+        durable."""
+        await self._wait_for_room(consumer)
+        service = self._host.service(self.sub.service)
         if service is None or self.sub.handler not in service.handlers:
             raise SinkUnavailableError(f"sink {self.sub.sink} is not registered")
-        durable: list[asyncio.Future[int]] = []
+        invokes: list[Invoke] = []
         offsets: dict[TopicPartition, int] = {}
-        for tp, records in batch.items():
-            for record in records:
-                await self._wait_for_room(consumer)
-                fut = await self._to_invocation(service, tp, record)
-                if fut is not None:
-                    durable.append(fut)
-                offsets[tp] = record.offset + 1
-                self._position[tp.partition] = record.offset + 1
-        return _Inflight(durable=durable, offsets=offsets)
+        try:
+            for tp, records in batch.items():
+                for record in records:
+                    invoke = await self._to_invocation(service, tp, record)
+                    if invoke is not None:
+                        invokes.append(invoke)
+                    offsets[tp] = record.offset + 1
+                    self._position[tp.partition] = record.offset + 1
+        except StuckRecordError:
+            if invokes:  # the records before the stuck one still run (a restarted consumer reads them again: dedup)
+                await (await self._host.submit(self.sub, invokes))
+            raise
+        durable = await self._host.submit(self.sub, invokes) if invokes else None
+        return _Inflight(durable=durable, count=len(invokes), offsets=offsets)
 
     async def _commit_in_order(self, consumer: AIOKafkaConsumer, inflight: asyncio.Queue[_Inflight]) -> None:
         while True:
             batch = await inflight.get()
-            await self._commit(consumer, batch.durable, batch.offsets)
+            await self._commit(consumer, batch)
 
-    async def _commit(
-        self, consumer: AIOKafkaConsumer, durable: list[asyncio.Future[int]], offsets: dict[TopicPartition, int]
-    ) -> None:
-        if durable:
+    async def _commit(self, consumer: AIOKafkaConsumer, batch: _Inflight) -> None:
+        offsets = batch.offsets
+        if batch.durable is not None:
             # Durable in the log: now the offsets may move (after a crash the log replays the invokes, and a
             # record read again carries the same dedup tag). Waiting for the apply as well would tie the commit
             # rate to the apply rate of the whole partition.
-            await asyncio.gather(*durable)
-        self.ingested += len(durable)
-        self._ext.counters(self.sub.id).ingested += len(durable)
+            await batch.durable
+        self.ingested += batch.count
+        self._host.count(self.sub, ingested=batch.count)
         try:
             await consumer.commit({tp: off for tp, off in offsets.items()})
             for tp, off in offsets.items():
@@ -174,7 +228,7 @@ class SubscriptionConsumer:
                 self._committed[tp.partition] = committed if committed is not None else 0
 
     async def _wait_for_room(self, consumer: AIOKafkaConsumer) -> None:
-        if not self._engine.invoker.overloaded():
+        if not self._host.overloaded():
             return
         assigned = list(consumer.assignment())
         consumer.pause(*assigned)
@@ -183,15 +237,13 @@ class SubscriptionConsumer:
         logger.debug("subscription %s: engine busy, partitions paused", self.sub.id)
         interval = self._cfg.backpressure_check_interval.total_seconds()
         try:
-            while self._engine.invoker.overloaded():  # noqa: ASYNC110 - polling the backlog is the point
+            while self._host.overloaded():  # noqa: ASYNC110 - polling the backlog is the point
                 await asyncio.sleep(interval)
         finally:
             consumer.resume(*assigned)
             self.paused = False
 
-    async def _to_invocation(
-        self, service: Service, tp: TopicPartition, record: ConsumerRecord
-    ) -> asyncio.Future[int] | None:
+    async def _to_invocation(self, service: Service, tp: TopicPartition, record: ConsumerRecord) -> Invoke | None:
         sub = self.sub
         handler = service.handlers[sub.handler]
         try:
@@ -255,7 +307,7 @@ class SubscriptionConsumer:
                 ),
             )
         now = int(time.time() * 1000)
-        invoke = Invoke(
+        return Invoke(
             invocation_id=inv.to_bytes(),
             target=Target(
                 service=service.name,
@@ -275,20 +327,13 @@ class SubscriptionConsumer:
             random_seed=int.from_bytes(digest[24:32], "little"),
             traceparent=find_traceparent(headers),  # a record's own W3C trace context, if it carries one
         )
-        while True:
-            try:
-                return self._engine.propose_durable(invoke)
-            except OverloadedError:
-                await asyncio.sleep(self._cfg.backpressure_check_interval.total_seconds())
-            except LogError as exc:
-                raise KafkaIngestError(f"the engine refused the record: {exc}") from exc
 
     def _retention(self, service: Service) -> RetentionPolicy:
         """The sink's retention policy, computed once per registration of the service (a record at a time adds up)."""
         cached = self._retention_cache
         if cached is None or cached[0] is not service:
             policy = retention_policy(
-                service=service, handler=self.sub.handler, idempotent=False, defaults=self._engine.config.invocation
+                service=service, handler=self.sub.handler, idempotent=False, defaults=self._host.invocation_config
             )
             cached = self._retention_cache = (service, policy)
         return cached[1]
@@ -304,7 +349,7 @@ class SubscriptionConsumer:
             )
             raise StuckRecordError(self.last_error)
         original = tuple((n, v or b"") for n, v in record.headers or ())
-        await self._ext.dead_letters.send(
+        await self._host.dead_letters.send(
             DeadLetter(
                 cluster=self.cluster.name,
                 topic=sub.dlq_topic,
@@ -323,7 +368,7 @@ class SubscriptionConsumer:
             )
         )
         self.dead_lettered += 1
-        self._ext.counters(sub.id).dead_lettered += 1
+        self._host.count(sub, dead_lettered=1)
 
     async def _seek_for_replay(self, consumer: AIOKafkaConsumer) -> None:
         sub = self.sub
@@ -347,7 +392,7 @@ class SubscriptionConsumer:
             self._committed[tp.partition] = offset
             self._position[tp.partition] = offset
         done = replace(sub, replayed_generation=sub.generation)
-        await self._engine.propose_metadata([PutMetadata(key=SUBSCRIPTION_PREFIX + sub.id, value=done.to_row())])
+        await self._host.put_subscription(done)
         self.sub = done
         logger.info("subscription %s: replaying from %s", sub.id, sub.replay_from)
 

@@ -14,20 +14,22 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from aiohttp import web
 
+from engine.config import IngressKafkaSection, InvocationSection
 from engine.errors import LogError, OverloadedError
 from engine.extensions import IntrospectionTable
 from engine.ids import InvocationId
 from engine.metrics import MetricFamily
 from engine.partition.effects import ExternalDelivery
-from engine.partition.types import AckExternal
+from engine.partition.types import AckExternal, Invoke, PutMetadata
+from engine.schema import Service
 from ingress_kafka.consumer import SubscriptionConsumer
 from ingress_kafka.dlq import DeadLetter, DeadLetterSender, RetryingQueue, error_headers
 from ingress_kafka.formats import parse_format_options
 from ingress_kafka.metrics import SubscriptionCounters, kafka_metric_families
-from ingress_kafka.schema_registry import SchemaRegistryClient
+from ingress_kafka.process import KafkaWorker, RemoteConsumer, propose_invokes
+from ingress_kafka.schema_registry import SchemaRegistries, SchemaRegistryClient
 from subscriptions.admin import SubscriptionsAdmin
 from subscriptions.models import KafkaCluster, Subscription, decode_context, redact_properties
 from subscriptions.reconciler import Reconciler
@@ -42,8 +44,12 @@ DLQ_ROUTE = "kafka-dlq/"
 
 
 class KafkaExtension:
+    """The extension, and the host of consumers that run inside the engine process (``ConsumerHost``)."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.kafka_config: IngressKafkaSection = engine.config.ingress_kafka
+        self.invocation_config: InvocationSection = engine.config.invocation
         self.registry = SubscriptionRegistry()
         self.reconciler = Reconciler(
             self.registry,
@@ -56,9 +62,10 @@ class KafkaExtension:
         self.dead_letters = DeadLetterSender(self._cluster_properties)
         self._failures = RetryingQueue(self._send_failure, name="kafka dead-letter queue")
         self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
-        self._registries: dict[str, SchemaRegistryClient] = {}
+        self._registries = SchemaRegistries()
         self._counters: dict[str, SubscriptionCounters] = {}
+        # Consumers run in a worker process of their own unless ingress_kafka.worker_process is false.
+        self.worker = KafkaWorker(engine) if engine.config.ingress_kafka.worker_process else None
 
     # ------------------------------------------------------------------------------------------- Extension
 
@@ -70,6 +77,10 @@ class KafkaExtension:
             for key, value in await self.engine.metadata_rows(prefix):
                 self.registry.apply(key, value)
         self._tasks.append(asyncio.create_task(self._failures.run(), name="kafka-dlq"))
+        if self.worker is not None:
+            # Started with the engine (its imports overlap the engine's own start-up), so that a new subscription
+            # does not wait half a second for a Python interpreter to import aiokafka.
+            self._tasks.append(asyncio.create_task(self._prestart_worker(self.worker), name="kafka-worker-start"))
         self.reconciler.reconcile()
         if self.registry.subscriptions:
             logger.info("kafka: %d subscription(s) loaded", len(self.registry.subscriptions))
@@ -95,37 +106,54 @@ class KafkaExtension:
 
     async def aclose(self) -> None:
         await self.reconciler.aclose()
+        if self.worker is not None:
+            await self.worker.aclose()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await self.dead_letters.aclose()
-        for client in self._registries.values():
-            await client.aclose()
-        if self._session is not None:
-            await self._session.close()
+        await self._registries.aclose()
 
     # ------------------------------------------------------------------------------------------- helpers
 
-    def _make_consumer(self, sub: Subscription, cluster: KafkaCluster) -> SubscriptionConsumer:
+    async def _prestart_worker(self, worker: KafkaWorker) -> None:
+        try:
+            await worker.ensure_started()
+        except Exception as exc:  # the consumers' own start reports it (and retries)
+            logger.debug("kafka: worker process not started ahead (%s)", exc)
+
+    def _make_consumer(self, sub: Subscription, cluster: KafkaCluster) -> SubscriptionConsumer | RemoteConsumer:
+        if self.worker is not None:
+            return RemoteConsumer(self.engine, self.worker, sub, cluster, self.counters)
         return SubscriptionConsumer(self, sub, cluster)
+
+    # ------------------------------------------------------------------------------------------- ConsumerHost
+
+    def service(self, name: str) -> Service | None:
+        return self.engine.registry.service(name)
+
+    def overloaded(self) -> bool:
+        return self.engine.invoker.overloaded()
+
+    async def submit(self, sub: Subscription, invokes: list[Invoke]) -> asyncio.Future[list[int]]:
+        return await propose_invokes(self.engine, invokes)
+
+    async def put_subscription(self, sub: Subscription) -> None:
+        await self.engine.propose_metadata([PutMetadata(key=SUBSCRIPTION_PREFIX + sub.id, value=sub.to_row())])
+
+    def count(self, sub: Subscription, *, ingested: int = 0, dead_lettered: int = 0) -> None:
+        counters = self.counters(sub.id)
+        counters.ingested += ingested
+        counters.dead_lettered += dead_lettered
 
     def _cluster_properties(self, name: str) -> dict[str, str] | None:
         cluster = self.registry.clusters.get(name)
         return None if cluster is None else cluster.properties
 
     def schema_registry(self, sub: Subscription) -> SchemaRegistryClient | None:
-        url = sub.options.get("capstan.schema.registry.url")
-        if not url:
-            return None
-        client = self._registries.get(url)
-        if client is None:
-            if self._session is None:
-                self._session = aiohttp.ClientSession()
-            client = SchemaRegistryClient(url, session=self._session)
-            self._registries[url] = client
-        return client
+        return self._registries.for_options(sub.options)
 
     def counters(self, subscription_id: str) -> SubscriptionCounters:
         """The subscription's counters for metrics (kept across consumer restarts)."""
@@ -194,7 +222,7 @@ class KafkaExtension:
             logger.debug("ack of a dead letter not stored (%s); it may be produced again after a restart", exc)
         self.counters(str(ctx["subscription"])).dead_lettered += 1
         consumer = self.reconciler.consumer(str(ctx["subscription"]))
-        if isinstance(consumer, SubscriptionConsumer):
+        if isinstance(consumer, SubscriptionConsumer | RemoteConsumer):
             consumer.dead_lettered += 1
 
 

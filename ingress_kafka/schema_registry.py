@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, final
 
@@ -320,3 +321,30 @@ def _error_code(body: bytes) -> object:
 def _snippet(body: bytes) -> str:
     text = body[:_BODY_SNIPPET].decode("utf-8", "replace")
     return repr(text + ("..." if len(body) > _BODY_SNIPPET else ""))
+
+
+@final
+class SchemaRegistries:
+    """The subscriptions' registry clients, one per URL, sharing one session (closed by :meth:`aclose`)."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, SchemaRegistryClient] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    def for_options(self, options: Mapping[str, str]) -> SchemaRegistryClient | None:
+        """The client for a subscription's ``capstan.schema.registry.url`` option, if it has one."""
+        url = options.get("capstan.schema.registry.url")
+        if not url:
+            return None
+        client = self._clients.get(url)
+        if client is None:
+            if self._session is None:
+                self._session = aiohttp.ClientSession()
+            client = self._clients[url] = SchemaRegistryClient(url, session=self._session)
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        if self._session is not None:
+            await self._session.close()

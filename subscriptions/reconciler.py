@@ -80,7 +80,8 @@ class Reconciler:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                holder.last_error = f"{type(exc).__name__}: {exc}"
+                # A consumer in the Kafka worker process fails with its exception's name as ``kind``.
+                holder.last_error = f"{getattr(exc, 'kind', type(exc).__name__)}: {exc}"
                 logger.warning("subscription %s: consumer failed (%s); restarting in %.1fs", sub.id, exc, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff)

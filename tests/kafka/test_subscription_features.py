@@ -619,14 +619,15 @@ async def test_backpressure_pauses_partitions(
     engine_factory: EngineFactory, http: aiohttp.ClientSession, kafka_bootstrap: str, topic_factory: Any, produce: Any
 ) -> None:
     topic = await topic_factory(partitions=2)
-    # The consumer checks for room before each record, but one poll's records are proposed without yielding, so
-    # the backlog shows between polls: small polls make several.
+    # The consumer checks for room before each poll's records, so the backlog shows between polls: small polls
+    # make several, and one poll in flight at a time lets each see what its predecessors left (16 in flight would
+    # have all 500 records in the log before the first is applied).
     async with kafka_engine(
         engine_factory,
         http,
         kafka_bootstrap,
         invoker={"concurrency_limit": 2, "queue_limit": 4},
-        ingress_kafka={"max_poll_records": 50},
+        ingress_kafka={"max_poll_records": 50, "inflight_batches": 1},
     ) as engine:
         records, expected = keyed_events(500, 40, seed=7)
         await produce(topic, records)
