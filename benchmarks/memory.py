@@ -7,9 +7,9 @@
 Two parts (``--parts``, default both), each on a fresh engine with a fresh data dir:
 
 - ``soak``: ``Counter.add`` over 1,000 keys at concurrency ``--concurrency`` (32) for ``--soak-seconds`` (300),
-  the engine's RSS (``VmRSS`` in ``/proc/<pid>/status``) sampled every ``--sample-interval`` seconds. After
-  ``--warmup-seconds`` (60) the first and the last ``--window-seconds`` (60) of samples are averaged; the target is
-  last / first <= 1.2 (RSS flat within 20%).
+  the engine's RSS (``VmRSS`` in ``/proc/<pid>/status``, its child process, the Kafka worker, included) sampled
+  every ``--sample-interval`` seconds. After ``--warmup-seconds`` (60) the first and the last ``--window-seconds``
+  (60) of samples are averaged; the target is last / first <= 1.2 (RSS flat within 20%).
 - ``keys``: ``Counter.add`` once for each of ``--keys`` (1,000,000) distinct keys ``k0..k{N-1}`` (so each key gets
   one state entry, written by a real invocation through the engine), ``--fill-concurrency`` (64) request-response
   calls in flight; then RSS and the data dir's size on disk, and RSS again after ``--idle-seconds`` (60) without
@@ -49,6 +49,7 @@ from benchmarks.side_by_side import (
     RESULTS_DIR,
     WORKLOADS,
     RunningEngine,
+    child_pids,
     cpu_ticks,
     drive,
     exit_cleanly_on_sigterm,
@@ -68,14 +69,20 @@ ENGINE_KIND = {"http": "capstan", "asgi": "capstan-asgi"}
 
 
 def proc_memory(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM, RssAnon and RssFile of ``pid`` in bytes (``/proc/<pid>/status`` reports kB)."""
+    """VmRSS, VmHWM, RssAnon and RssFile of ``pid`` and its live child processes (Capstan's Kafka worker is the
+    engine's child), in bytes (``/proc/<pid>/status`` reports kB)."""
     wanted = {"VmRSS", "VmHWM", "RssAnon", "RssFile"}
-    out: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            if name in wanted:
-                out[name] = int(rest.split()[0]) * 1024
+    out: dict[str, int] = dict.fromkeys(wanted, 0)
+    for one in (pid, *child_pids(pid)):
+        try:
+            with open(f"/proc/{one}/status") as f:
+                for line in f:
+                    name, _, rest = line.partition(":")
+                    if name in wanted:
+                        out[name] += int(rest.split()[0]) * 1024
+        except FileNotFoundError:
+            if one == pid:
+                raise
     return out
 
 

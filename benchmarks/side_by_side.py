@@ -89,12 +89,35 @@ RESTATE_KINDS = ("restate", "restate-h2")
 
 
 def cpu_ticks(pid: int | None) -> int | None:
+    """CPU time (utime + stime, all threads) of the process and of its live child processes (Capstan's Kafka
+    worker is a child of the engine: its CPU is the engine's)."""
     if pid is None:
         return None
     with open(f"/proc/{pid}/stat") as f:
         # Field 2 (comm) may contain spaces; everything after the last ')' is space separated from field 3.
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    total = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    for child in child_pids(pid):
+        try:
+            total += cpu_ticks(child) or 0
+        except FileNotFoundError:  # ended meanwhile
+            pass
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def post_json(url: str, body: dict[str, Any]) -> None:
