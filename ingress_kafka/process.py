@@ -167,6 +167,8 @@ class KafkaWorker:
                     await consumer.deliver(message)
                 elif message[0] == "batch":  # its run was stopped: nobody commits these, drop them
                     self.answer(message[2], "the consumer run was stopped")
+                elif message[0] == "put_subscription":
+                    self.send(("reply", message[2], "the consumer run was stopped"))
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             why = f"the Kafka worker process closed its end ({type(exc).__name__})"
         finally:
@@ -179,8 +181,10 @@ class KafkaWorker:
 
     def answer(self, request: int, error: str | None) -> None:
         """Answer a batch (durable, or why not); the answer also says whether the engine has room now, so the
-        worker's next batch sees the backlog its predecessors made."""
-        self.send(("durable", request, error, self._engine.invoker.overloaded()))
+        worker's next batch sees the backlog its predecessors made. What the worker was told last is remembered
+        (``_watch`` tells it of the next change: a paused worker sends no batch to be answered)."""
+        self._overloaded = self._engine.invoker.overloaded()
+        self.send(("durable", request, error, self._overloaded))
 
     async def _watch(self, writer: asyncio.StreamWriter) -> None:
         """Keep the worker told: whether the engine has room, and the sinks' current schemas."""
