@@ -417,15 +417,14 @@ class SubscriptionConsumer:
                     }
                 )
         return {
+            **idle_status(self.sub),  # the same fields, in the same order, as a consumer not running yet
             "running": consumer is not None,
-            "group_id": self.sub.group_id,
             "partitions": partitions,
             "ingested": self.ingested,
             "dead_lettered": self.dead_lettered,
             "paused": self.paused,
             "paused_times": self.paused_times,
             "last_error": self.last_error,
-            "replaying": self.sub.replay_pending,
         }
 
 
