@@ -790,6 +790,8 @@ class PartitionProcessor:
             except ValueError as exc:
                 raise _Rejected(400, f"SendSignal: {exc}") from exc
             which = msg.WhichOneof("signal_id")
+            if which is None:
+                raise _Rejected(400, "SendSignal: neither a signal index nor a signal name")
             if which == "idx" and int(msg.idx) == CANCEL_SIGNAL:
                 _save(txn, st)
                 self._emit(txn, ManageInvocation(invocation_id=target, op=Op.CANCEL, now_ms=now_ms), effects)

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine import codec
@@ -264,6 +264,11 @@ def _check_journal(store: Store, inv: bytes) -> None:
 @given(
     target=st.sampled_from([("Obj", "h", "k"), ("Svc", "h", None), ("Flow", "run", "wf")]),
     script=st.lists(steps, min_size=1, max_size=12),
+)
+# Found by this test: a SendSignal naming neither a signal index nor a name made the apply raise.
+@example(
+    target=("Obj", "h", "k"),
+    script=[("append", [JournalEntry(ty=MessageType.SEND_SIGNAL_COMMAND, body=b"\n&inv_1" + b"0" * 37)], False)],
 )
 def test_no_deployment_output_makes_apply_raise(target: tuple[str, str, str | None], script: list[Any]) -> None:
     service, handler, key = target
