@@ -106,6 +106,9 @@ class InvokerSection(_Section):
     # every request to a deployment is signed (x-restate-signature-scheme: v1 + x-restate-jwt-v1), and the public
     # key is logged at start-up as ``publickeyv1_...`` for the SDKs' identity_keys. See engine/invoker/identity.py.
     request_identity_private_key_pem_file: Path | None = None
+    # Attempts (and the apps mounted with --app, with the user's handlers) run in this many child processes, each
+    # on a core of its own, instead of in the engine process (0). See engine/invoker/child.py.
+    processes: int = Field(0, ge=0, le=64)
 
     _durations = field_validator("inactivity_timeout", "abort_timeout", "connect_timeout", mode="before")(
         parse_duration

@@ -17,9 +17,8 @@ import logging
 import signal
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 from aiohttp import web
 
 from engine.config import EngineConfig, split_address
@@ -27,10 +26,11 @@ from engine.errors import ConfigError, DeploymentError, LogError, OverloadedErro
 from engine.extensions import Extension, load_extension
 from engine.ids import InvocationId, partition_for
 from engine.invoker.identity import RequestSigner
-from engine.invoker.invoker import Invoker
+from engine.invoker.invoker import Invoker, InvokerStatistics
+from engine.invoker.process import InvokerProcesses, RemoteAppDiscovery
 from engine.invoker.transport import Transport
-from engine.invoker.transport_asgi import AsgiApp, AsgiTransport, load_asgi_app
-from engine.invoker.transport_http import HttpTransport, open_http_session
+from engine.invoker.transport_asgi import load_asgi_app
+from engine.invoker.transports import ASGI_SCHEME, Transports
 from engine.partition.effects import (
     AbortAttempt,
     Effect,
@@ -48,7 +48,7 @@ from engine.partition.effects import (
 from engine.partition.partition import Partition
 from engine.partition.shuffler import Shuffler
 from engine.partition.types import Cleanup, FireTimer, Invoke, PutMetadata, Record, Result, Routed
-from engine.schema import Deployment, SchemaRegistry
+from engine.schema import SchemaRegistry
 from engine.storage import keys
 from engine.storage.store import Store
 from engine.timers.clock import Clock, SystemClock
@@ -59,9 +59,20 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ASGI_SCHEME = "asgi://"
+__all__ = ["ASGI_SCHEME", "Engine", "InvokerLike", "run", "serve"]
 # A timer whose FireTimer record could not be stored fires again this much later.
 _TIMER_RETRY_MS = 500
+
+
+class InvokerLike(Protocol):
+    """What runs the attempts: the in-process :class:`Invoker`, or :class:`InvokerProcesses`."""
+
+    def start_attempt(self, effect: StartAttempt) -> None: ...
+    def notify(self, effect: Notify) -> None: ...
+    def abort(self, invocation_id: bytes) -> None: ...
+    def overloaded(self) -> bool: ...
+    def statistics(self) -> InvokerStatistics: ...
+    async def aclose(self) -> None: ...
 
 
 class Engine:
@@ -75,13 +86,17 @@ class Engine:
         self.shufflers: list[Shuffler] = []
         self.registry = SchemaRegistry()
         self.partitions: list[Partition] = []
-        self.asgi_apps: dict[str, AsgiApp] = {}
+        # Specs ("module:attribute") of the apps mounted in-process (`capstan serve --app`): in this process, or in
+        # each invoker process when invoker.processes > 0.
+        self.app_specs: tuple[str, ...] = (config.app,) if config.app else ()
         self._waiters: dict[str, asyncio.Future[Result | SendAccepted | Outcome | NotReady]] = {}
-        self._transports: dict[str, Transport] = {}
-        self._http_session: aiohttp.ClientSession | None = None
+        self.transports = Transports(config.invoker)
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.AppRunner] = []
-        self.invoker = Invoker(config, store, self.registry, self.propose_to, self.transport_for)
+        self.invoker_processes: InvokerProcesses | None = None
+        self.invoker: InvokerLike = Invoker(
+            config, store, self.registry, self.propose_to, self.transports.for_deployment
+        )
         self.ingress_url = ""
         # Signs every request to a deployment when invoker.request_identity_private_key_pem_file is set.
         self.request_signer: RequestSigner | None = None
@@ -120,9 +135,10 @@ class Engine:
                 self.request_signer.key_id,
                 pem_file,
             )
-        self._http_session = open_http_session(config.invoker)
-        for spec in [config.app] if config.app else []:
-            self.asgi_apps[spec] = load_asgi_app(spec, app_dir=".")
+        self.transports.signer = self.request_signer
+        if config.invoker.processes == 0:
+            for spec in self.app_specs:
+                self.transports.asgi_apps[spec] = load_asgi_app(spec, app_dir=".")
         for pid in range(config.num_partitions):
             self.partitions.append(await Partition.open(pid, config.data_dir, self.store, config, self._on_effects))
         recovered: list[tuple[int, list[Effect]]] = []
@@ -130,6 +146,10 @@ class Engine:
             recovered.append((p.id, await p.recover()))
         for key, value in await asyncio.to_thread(lambda: list(self.store.scan(keys.METADATA))):
             self.registry.apply(key[len(keys.METADATA) :].decode(), value)
+        if config.invoker.processes > 0:
+            self.invoker_processes = InvokerProcesses(self, config.invoker.processes)
+            self.invoker = self.invoker_processes
+            await self.invoker_processes.start(list(self.app_specs))
         for p in self.partitions:
             self._tasks.append(asyncio.create_task(self._run_partition(p), name=f"partition-{p.id}"))
             shuffler = Shuffler(p.id, self._route)
@@ -141,7 +161,7 @@ class Engine:
             if effects:
                 logger.info("partition %d: resuming %d invocations", pid, len(effects))
                 self._on_effects(pid, effects)
-        for spec in self.asgi_apps:
+        for spec in self.app_specs:
             await self._register_asgi_app(spec)
         from engine.admin.app import ADMIN_PREFIXES, build_admin_app
         from engine.ingress_http.app import INGRESS_STATISTICS, build_ingress_app
@@ -270,10 +290,7 @@ class Engine:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for p in self.partitions:
             await p.close_log()
-        for transport in self._transports.values():
-            await transport.aclose()
-        if self._http_session is not None:
-            await self._http_session.close()
+        await self.transports.aclose()
         await asyncio.to_thread(self.store.close)
         for fut in self._waiters.values():
             if not fut.done():
@@ -372,30 +389,12 @@ class Engine:
             self.drop_waiter(token)
 
     def make_transport(self, kind: str, uri: str, additional_headers: dict[str, str], use_http_11: bool) -> Transport:
-        if kind == "asgi":
+        if kind == "asgi" and self.invoker_processes is not None:
             spec = uri[len(ASGI_SCHEME) :]
-            app = self.asgi_apps.get(spec)
-            if app is None:
-                raise DeploymentError(f"in-process app {spec!r} is not mounted in this process", status=400)
-            return AsgiTransport(app, label=f"in-process app {spec}", signer=self.request_signer)
-        assert self._http_session is not None
-        return HttpTransport(
-            uri,
-            session=self._http_session,
-            additional_headers=additional_headers,
-            connect_timeout=self.config.invoker.connect_timeout.total_seconds(),
-            use_http_11=use_http_11,
-            signer=self.request_signer,
-        )
-
-    def transport_for(self, deployment: Deployment) -> Transport:
-        transport = self._transports.get(deployment.id)
-        if transport is None:
-            transport = self.make_transport(
-                deployment.kind, deployment.uri, deployment.additional_headers, deployment.use_http_11
-            )
-            self._transports[deployment.id] = transport
-        return transport
+            if spec not in self.app_specs:
+                raise DeploymentError(f"in-process app {spec!r} is not mounted in this engine", status=400)
+            return RemoteAppDiscovery(self.invoker_processes, spec)
+        return self.transports.make(kind, uri, additional_headers, use_http_11)
 
     def _on_effects(self, partition_id: int, effects: list[Effect]) -> None:
         for effect in effects:
@@ -419,13 +418,11 @@ class Engine:
                         logger.warning("no extension handles sink %s; the failure stays stored", effect.route)
                 case MetadataChanged():
                     self.registry.apply(effect.key, effect.value)
+                    if self.invoker_processes is not None:
+                        self.invoker_processes.on_metadata(effect.key, effect.value)
                     for extension in self.extensions:
                         extension.on_metadata(effect.key, effect.value)
-                    kind, _, name = effect.key.partition("/")
-                    if kind == "deployment":
-                        stale = self._transports.pop(name, None)
-                        if stale is not None:
-                            asyncio.get_running_loop().create_task(stale.aclose())
+                    self.transports.on_metadata(effect.key)
 
 
 def _is_loopback(host: str) -> bool:

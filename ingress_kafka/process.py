@@ -19,17 +19,15 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import LogError, OverloadedError
+from engine.ipc import child_log_level, read_frame, spawn_child, write_frame
 from engine.partition.types import Invoke, PutMetadata
 from engine.schema import Service
 from ingress_kafka.consumer import KafkaIngestError, idle_status
 from ingress_kafka.metrics import SubscriptionCounters
-from ingress_kafka.worker import read_frame, write_frame
 from subscriptions.models import KafkaCluster, Subscription
 from subscriptions.registry import SUBSCRIPTION_PREFIX
 
@@ -110,20 +108,7 @@ class KafkaWorker:
             if self.alive():
                 return
             await self._reap()
-            parent, child = socket.socketpair()
-            # The engine's level, but not below INFO: aiokafka at DEBUG logs every fetch.
-            level = logging.getLevelName(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "ingress_kafka.worker", str(child.fileno()), "--log-level", str(level),
-                    pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-                )  # fmt: skip
-            except BaseException:
-                parent.close()
-                raise
-            finally:
-                child.close()
-            reader, writer = await asyncio.open_connection(sock=parent)
+            proc, reader, writer = await spawn_child("ingress_kafka.worker", "--log-level", child_log_level())
             self._proc, self._writer = proc, writer
             self._sent_services.clear()
             self.starts += 1

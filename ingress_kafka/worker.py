@@ -24,15 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import logging
-import pickle
-import signal
-import socket
 from typing import TYPE_CHECKING, Any
 
 from engine import codec
 from engine.config import IngressKafkaSection, InvocationSection
+from engine.ipc import die_with_parent, read_frame, serve_child, write_frame
 from engine.partition.types import Invoke
 from engine.schema import Service
 from ingress_kafka.consumer import KafkaIngestError, SubscriptionConsumer
@@ -44,25 +41,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_FRAME = 256 * 1024 * 1024  # a batch is max_poll_records records of at most log.record_size_limit_bytes
 STATUS_INTERVAL_S = 0.2
-_LEN = 4
-
-
-def write_frame(writer: asyncio.StreamWriter, message: tuple[Any, ...]) -> None:
-    data = pickle.dumps(message, protocol=5)
-    writer.write(len(data).to_bytes(_LEN, "big") + data)
-
-
-async def read_frame(reader: asyncio.StreamReader) -> tuple[Any, ...]:
-    """The next message; ``asyncio.IncompleteReadError`` at the end of the stream."""
-    size = int.from_bytes(await reader.readexactly(_LEN), "big")
-    if size > MAX_FRAME:
-        raise ConnectionError(f"frame of {size} bytes is over the limit of {MAX_FRAME}")
-    message = pickle.loads(await reader.readexactly(size))  # our own peer process, see the module docstring
-    if not isinstance(message, tuple) or not message:
-        raise ConnectionError(f"malformed message {type(message).__name__}")
-    return message
 
 
 class WorkerHost:
@@ -267,34 +246,15 @@ class Worker:
                     host.send(("status", run, status))
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel for SIGKILL when the engine dies (Linux; elsewhere end of file on the socket does it)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-async def _serve(fd: int) -> None:
-    sock = socket.socket(fileno=fd)
-    reader, writer = await asyncio.open_connection(sock=sock)
-    try:
-        await Worker(reader, writer).serve()
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ingress_kafka.worker", description=__doc__.split("\n")[0])
     parser.add_argument("fd", type=int, help="this end of the socket pair the engine opened")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    _die_with_parent()
+    die_with_parent()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s [kafka-worker] %(name)s: %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the whole group: the engine stops us
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.fd))
+        asyncio.run(serve_child(args.fd, lambda reader, writer: Worker(reader, writer).serve()))
 
 
 if __name__ == "__main__":

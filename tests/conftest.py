@@ -53,6 +53,10 @@ def make_config(data_dir: Path, **overrides: Any) -> EngineConfig:
         "admin": {"address": "127.0.0.1:0"},
         "invoker": {"retry_policy": {"initial_interval": "20ms", "max_interval": "200ms"}},
     }
+    # CAPSTAN_TEST_INVOKER_PROCESSES=N runs every engine of the suite with its attempts in N invoker processes.
+    processes = os.environ.get("CAPSTAN_TEST_INVOKER_PROCESSES")
+    if processes:
+        base["invoker"]["processes"] = int(processes)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             base[key] = {**base[key], **value}

@@ -148,7 +148,7 @@ class _Admin:
         uri = body.uri.rstrip("/")
         if uri.startswith(ASGI_SCHEME):
             kind = "asgi"
-            if uri[len(ASGI_SCHEME) :] not in engine.asgi_apps:
+            if uri[len(ASGI_SCHEME) :] not in engine.app_specs:
                 return _error(
                     400,
                     f"no in-process app {uri[len(ASGI_SCHEME) :]!r} is mounted; start with `capstan serve --app`",

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from engine import logcontext
 from engine.cli import kafka_parsers, operate_parsers
+from engine.cli.argtypes import int_at_least
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +52,8 @@ def _address(value: str) -> str:
     return value
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
+_positive_int = int_at_least(1)
+_non_negative_int = int_at_least(0)
 
 
 def _positive_float(value: str) -> float:
@@ -166,6 +161,12 @@ def _add_serve(commands: Any) -> None:
         help="'fsync': acknowledge log appends after fsync (default); 'none': rely on the OS page cache",
     )
     serve.add_argument("--partitions", type=_positive_int, metavar="N", help="number of partitions")
+    serve.add_argument(
+        "--invoker-processes",
+        type=_non_negative_int,
+        metavar="N",
+        help="run attempts (and the --app handlers) in N child processes; 0: in the engine process",
+    )
     serve.add_argument(
         "--app",
         type=_app_spec,
@@ -284,6 +285,8 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["data_dir"] = str(args.data_dir)
     if args.partitions is not None:
         overrides["num_partitions"] = args.partitions
+    if args.invoker_processes is not None:
+        overrides["invoker"] = {"processes": args.invoker_processes}
     if args.app is not None:
         overrides["app"] = args.app
     if args.fsync is not None:

@@ -8,6 +8,8 @@ import json
 import re
 from typing import Any
 
+from engine.cli.argtypes import int_at_least
+
 # Restate's invocation statuses (SQL ``sys_invocation.status``); Capstan never reports ``ready``.
 STATUSES = ("pending", "scheduled", "ready", "running", "backing-off", "suspended", "paused", "completed")
 OPERATIONS = ("cancel", "kill", "purge", "pause", "resume")
@@ -40,14 +42,7 @@ def statuses(value: str) -> list[str]:
     return items
 
 
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
+_positive = int_at_least(1)
 
 
 def add_parsers(commands: Any, client: argparse.ArgumentParser) -> None:

@@ -89,19 +89,96 @@ class _Loaded:
     partial_state: bool
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptInput:
+    """An attempt's inputs as stored (rows undecoded): the status row, the journal rows in order, and the eager state
+    (``None``: lazy state or not keyed). Read where the tables are; decoded where the attempt runs (the invoker
+    processes get them so: :mod:`engine.invoker.process`)."""
+
+    status: bytes
+    journal: list[bytes]
+    state: list[tuple[bytes, bytes]] | None
+    partial_state: bool
+    decoded_status: InvocationStatus | None = None  # the status row decoded already (where it was read)
+
+    def decode(self) -> _Loaded:
+        return _Loaded(
+            status=self.decoded_status or STATUS_ROWS.decode(self.status),
+            journal=[codec.decode(row) for row in self.journal],
+            state=self.state,
+            partial_state=self.partial_state,
+        )
+
+
+class TooBigInline(Exception):
+    """:func:`load_attempt_input` read more than its inline budget: read it again on a thread."""
+
+
+def load_attempt_input(
+    store: Store, registry: SchemaRegistry, config: EngineConfig, inv: bytes, inline_budget: int | None = None
+) -> AttemptInput | None:
+    """Status, journal and eager state of ``inv`` (``None`` if it has no status row). With ``inline_budget`` (bytes)
+    it is being called on the event loop: it raises :class:`TooBigInline` once it has read more than that, and the
+    caller repeats the load on a thread."""
+    raw = store.get(keys.status(inv))
+    if raw is None:
+        return None
+    read = len(raw)
+    journal: list[bytes] = []
+    for _, v in store.scan(keys.journal_prefix(inv)):
+        read += len(v)
+        if inline_budget is not None and read > inline_budget:
+            raise TooBigInline
+        journal.append(v)
+    state: list[tuple[bytes, bytes]] | None = None
+    partial = True
+    status: InvocationStatus = STATUS_ROWS.decode(raw)
+    target = status.target
+    if target.keyed and target.key is not None:
+        service = registry.service(target.service)
+        lazy = service is not None and service.enable_lazy_state
+        limit = config.invoker.eager_state_size_limit_bytes
+        if not lazy and limit > 0:
+            prefix = keys.object_prefix(keys.STATE, target.service, target.key)
+            state = []
+            size = 0
+            partial = False
+            for k, v in store.scan(prefix):
+                size += len(k) + len(v)
+                if size > limit:
+                    partial = True
+                    break
+                if inline_budget is not None and read + size > inline_budget:
+                    raise TooBigInline
+                state.append((k[len(prefix) :], v))
+    return AttemptInput(raw, journal, state, partial, status)
+
+
+async def read_attempt_input(
+    store: Store, registry: SchemaRegistry, config: EngineConfig, inv: bytes
+) -> AttemptInput | None:
+    """:func:`load_attempt_input`: small inputs on the event loop, larger ones on a thread."""
+    try:
+        return load_attempt_input(store, registry, config, inv, _INLINE_LOAD_BUDGET_BYTES)
+    except TooBigInline:
+        return await asyncio.to_thread(load_attempt_input, store, registry, config, inv)
+
+
 class _Attempt:
     """Bookkeeping of one running attempt: notifications to push, in journal order."""
 
-    __slots__ = ("epoch", "journal_length", "notifications", "reads", "store_error")
+    __slots__ = ("epoch", "journal_length", "loaded", "notifications", "reads", "started_at", "store_error")
 
-    def __init__(self, epoch: int) -> None:
+    def __init__(self, epoch: int, loaded: AttemptInput | None = None) -> None:
         self.epoch = epoch
+        self.loaded = loaded  # the inputs read when the attempt was started (invoker processes), else read later
         self.journal_length = -1  # unknown until the journal was read
         # Not size-limited: it holds at most the notifications of this one invocation's journal that arrive while
         # the attempt runs (each was durable first), and the attempt drains it as fast as the SDK reads.
         self.notifications: asyncio.Queue[Notify] = asyncio.Queue()
         self.reads: _ReadDeadline | None = None  # the attempt loop's reads from the deployment
         self.store_error: LogError | None = None  # one of its records could not be stored
+        self.started_at = 0.0  # monotonic; 0 once its duration was observed
 
     def on_stored(self, applied: asyncio.Future[int]) -> None:
         """Done callback of the attempt's journal records: a record that was not stored ends the attempt now (an
@@ -124,15 +201,20 @@ class _AttemptOutcome(Exception):
 
 
 class Invoker:
+    """Runs the attempts. In the engine process it reads their inputs from ``store`` when they start; in an invoker
+    process (``store=None``) every start comes with its inputs, read by the engine when it sent the start."""
+
     def __init__(
         self,
         config: EngineConfig,
-        store: Store,
+        store: Store | None,
         registry: SchemaRegistry,
         propose: Propose,
         transport_for: TransportFor,
+        on_attempt_done: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
+        self._on_attempt_done = on_attempt_done  # statistics() changed: an attempt task ended
         self._store = store
         self._registry = registry
         self._propose = propose
@@ -140,6 +222,10 @@ class Invoker:
         self._semaphore = asyncio.Semaphore(config.invoker.concurrency_limit)
         self._tasks: dict[bytes, asyncio.Task[None]] = {}
         self._attempts: dict[bytes, _Attempt] = {}
+        # Started with their inputs but not running yet (a delay, the concurrency limit, the previous attempt still
+        # finishing): the notifications that become durable meanwhile are queued for them already, since their
+        # inputs were read before those.
+        self._early: dict[bytes, _Attempt] = {}
         self._started = 0
         self._failed = 0
         self._attempt_seconds = Histogram()
@@ -149,13 +235,17 @@ class Invoker:
     # Effects
     # ------------------------------------------------------------------------------------------------------
 
-    def start_attempt(self, effect: StartAttempt) -> None:
+    def start_attempt(self, effect: StartAttempt, loaded: AttemptInput | None = None) -> None:
+        """Start an attempt; ``loaded``: its inputs, read when the effect was applied (else read when it runs)."""
         if self._closing:
             return
         inv = effect.invocation_id
         previous = self._tasks.get(inv)
+        attempt = _Attempt(effect.epoch, loaded)
+        if loaded is not None:
+            self._early[inv] = attempt
         task = asyncio.create_task(
-            self._run(effect, previous), name=f"attempt-{InvocationId.from_bytes(inv)}-{effect.epoch}"
+            self._run(effect, previous, attempt), name=f"attempt-{InvocationId.from_bytes(inv)}-{effect.epoch}"
         )
         self._tasks[inv] = task
         task.add_done_callback(functools.partial(self._task_done, inv))
@@ -163,6 +253,8 @@ class Invoker:
     def _task_done(self, inv: bytes, task: asyncio.Task[None]) -> None:
         if self._tasks.get(inv) is task:
             del self._tasks[inv]
+        if self._on_attempt_done is not None:
+            self._on_attempt_done()
         if not task.cancelled() and task.exception() is not None:
             logger.error("attempt task crashed", exc_info=task.exception())
 
@@ -174,6 +266,10 @@ class Invoker:
 
     def notify(self, effect: Notify) -> None:
         attempt = self._attempts.get(effect.invocation_id)
+        if attempt is not None and attempt.epoch == effect.epoch:
+            attempt.notifications.put_nowait(effect)
+            return
+        attempt = self._early.get(effect.invocation_id)
         if attempt is not None and attempt.epoch == effect.epoch:
             attempt.notifications.put_nowait(effect)
 
@@ -202,29 +298,36 @@ class Invoker:
     # One attempt
     # ------------------------------------------------------------------------------------------------------
 
-    async def _run(self, effect: StartAttempt, previous: asyncio.Task[None] | None) -> None:
-        if previous is not None and not previous.done():
-            # The previous attempt is finishing (its outcome record was applied before it returned).
-            await asyncio.wait([previous])
-        if effect.delay_ms > 0:
-            await asyncio.sleep(effect.delay_ms / 1000)
+    async def _run(self, effect: StartAttempt, previous: asyncio.Task[None] | None, attempt: _Attempt) -> None:
         inv = effect.invocation_id
-        async with self._semaphore:
-            attempt = _Attempt(effect.epoch)
-            self._attempts[inv] = attempt
-            try:
-                await self._attempt(inv, attempt)
-            finally:
-                if self._attempts.get(inv) is attempt:
-                    del self._attempts[inv]
+        try:
+            if previous is not None and not previous.done():
+                # The previous attempt is finishing (its outcome record was applied before it returned).
+                await asyncio.wait([previous])
+            if effect.delay_ms > 0:
+                await asyncio.sleep(effect.delay_ms / 1000)
+            async with self._semaphore:
+                if self._early.get(inv) is attempt:
+                    del self._early[inv]
+                self._attempts[inv] = attempt
+                try:
+                    await self._attempt(inv, attempt)
+                finally:
+                    if self._attempts.get(inv) is attempt:
+                        del self._attempts[inv]
+        finally:
+            if self._early.get(inv) is attempt:
+                del self._early[inv]
 
     async def _attempt(self, inv: bytes, attempt: _Attempt) -> None:
-        try:
-            loaded = self._load(inv, _INLINE_LOAD_BUDGET_BYTES)
-        except _TooBigInline:
-            loaded = await asyncio.to_thread(self._load, inv)
-        if loaded is None:
+        raw = attempt.loaded
+        attempt.loaded = None
+        if raw is None:
+            assert self._store is not None, "an invoker process gets every attempt's inputs with its start"
+            raw = await read_attempt_input(self._store, self._registry, self._config, inv)
+        if raw is None:
             return
+        loaded = raw.decode()
         st = loaded.status
         if st.epoch != attempt.epoch or st.status not in (Status.INVOKED, Status.BACKING_OFF):
             return
@@ -234,7 +337,7 @@ class Invoker:
         self._started += 1
         records: list[Record] = []
         proposed: list[asyncio.Future[int]] = []
-        started = time.monotonic()
+        attempt.started_at = time.monotonic()
         try:
             records = await self._drive(invocation_id, attempt, loaded)
         except _AttemptOutcome as outcome:
@@ -245,9 +348,14 @@ class Invoker:
         except LogError as exc:
             records = [self._fail(inv, attempt.epoch, 503, f"a journal entry could not be stored: {exc}").record]
         finally:
-            self._attempt_seconds.observe(time.monotonic() - started)
+            self._observe(attempt)
             if records or proposed:
                 await self._propose_all(inv, attempt.epoch, records, proposed)
+
+    def _observe(self, attempt: _Attempt) -> None:
+        if attempt.started_at:
+            self._attempt_seconds.observe(time.monotonic() - attempt.started_at)
+            attempt.started_at = 0.0
 
     def _fail(self, inv: bytes, epoch: int, code: int, message: str, **extra: Any) -> _AttemptOutcome:
         self._failed += 1
@@ -381,6 +489,7 @@ class Invoker:
                             await self._flush(inv, epoch, entries)
                         # Proposed now, so that its write and fsync overlap with closing the stream below (which
                         # reads the rest of the response: the final chunk after End or Suspension).
+                        self._observe(attempt)  # before the outcome leaves (an invoker process's stats go with it)
                         raise _AttemptOutcome(outcome, await self._propose_in_order(inv, outcome))
                 if entries and stream.duplex:
                     await self._flush(inv, epoch, entries)
@@ -520,47 +629,6 @@ class Invoker:
         if service is None:
             return None
         return self._registry.deployments.get(service.deployment_id)
-
-    def _load(self, inv: bytes, inline_budget: int | None = None) -> _Loaded | None:
-        """Status, journal and eager state of ``inv``. With ``inline_budget`` (bytes) it is being called on the
-        event loop: it raises :class:`_TooBigInline` once it has read more than that, and the caller repeats the
-        load on a thread."""
-        raw = self._store.get(keys.status(inv))
-        if raw is None:
-            return None
-        st: InvocationStatus = STATUS_ROWS.decode(raw)
-        read = len(raw)
-        journal: list[JournalEntry] = []
-        for _, v in self._store.scan(keys.journal_prefix(inv)):
-            read += len(v)
-            if inline_budget is not None and read > inline_budget:
-                raise _TooBigInline
-            journal.append(codec.decode(v))
-        state: list[tuple[bytes, bytes]] | None = None
-        partial = True
-        target = st.target
-        if target.keyed and target.key is not None:
-            service = self._registry.service(target.service)
-            lazy = service is not None and service.enable_lazy_state
-            limit = self._config.invoker.eager_state_size_limit_bytes
-            if not lazy and limit > 0:
-                prefix = keys.object_prefix(keys.STATE, target.service, target.key)
-                state = []
-                size = 0
-                partial = False
-                for k, v in self._store.scan(prefix):
-                    size += len(k) + len(v)
-                    if size > limit:
-                        partial = True
-                        break
-                    if inline_budget is not None and read + size > inline_budget:
-                        raise _TooBigInline
-                    state.append((k[len(prefix) :], v))
-        return _Loaded(status=st, journal=journal, state=state, partial_state=partial)
-
-
-class _TooBigInline(Exception):
-    pass
 
 
 # An attempt's inputs are read on the event loop when they are this small (a status row, a short journal, a few

@@ -364,6 +364,12 @@ class AsgiTransport:
         )
 
     async def discover(self) -> DiscoveryResponse:
+        status, headers, body = await self.fetch_discovery()
+        return parse_discovery(status, headers, body, source=self.label)
+
+    async def fetch_discovery(self) -> tuple[int, dict[str, str], bytes]:
+        """``GET /discover`` as answered (status, headers, body), not yet validated (an invoker process fetches
+        it; the engine validates it)."""
         try:
             async with asyncio.timeout(self._discovery_timeout):
                 stream = await self._open(
@@ -385,7 +391,7 @@ class AsgiTransport:
             raise DeploymentError(
                 f"{self.label}: discovery did not answer within {self._discovery_timeout:g} s", status=502
             ) from exc
-        return parse_discovery(stream.status, stream.headers, body, source=self.label)
+        return stream.status, dict(stream.headers), body
 
     async def aclose(self) -> None:
         self._closed = True

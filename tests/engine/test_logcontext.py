@@ -37,7 +37,8 @@ def collected() -> Iterator[_Collect]:
 async def test_log_records_about_an_invocation_carry_its_id(
     engine_factory: EngineFactory, http: aiohttp.ClientSession, collected: _Collect
 ) -> None:
-    async with engine_factory(app=APP_SPEC) as engine:
+    # the attempts in this process (not in invoker processes), where the test collects log records
+    async with engine_factory(app=APP_SPEC, invoker={"processes": 0}) as engine:
         async with http.post(engine.ingress_url + "/Flaky/fail_twice", json=f"log-{uuid.uuid4().hex}") as resp:
             assert resp.status == 200
             flaky = resp.headers["x-restate-id"]

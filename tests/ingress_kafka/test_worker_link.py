@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from engine.ipc import MAX_FRAME, read_frame, write_frame
 from ingress_kafka.process import KafkaWorker
-from ingress_kafka.worker import MAX_FRAME, read_frame, write_frame
 from tests.conftest import make_config
 
 
