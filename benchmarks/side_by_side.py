@@ -13,12 +13,15 @@ Engines (``--engines``):
   prior knowledge, full duplex (bidi) streams, restate-server's best mode for this service.
 - ``capstan-asgi``: ``capstan serve --app benchmarks.bench_app:app`` (the service mounted in-process; its CPU is
   inside the engine's). Its ratio column compares it with the better of the two restate rows.
+- ``capstan-asgi-procs`` (only when named in ``--engines``): the same with ``--invoker-processes 2``, the attempts
+  and the app in two child processes (their CPU counts as the engine's).
 
 Every cell (workload x concurrency) starts each engine fresh with a fresh data dir, one engine at a time, in an
 order that rotates from cell to cell; one hypercorn service per HTTP engine lives for the whole run. A cell is
 ``--warmup`` seconds of load (discarded), then ``--duration`` seconds measured: N aiohttp workers in this process
 send requests back to back. CPU ms per request comes from utime+stime in ``/proc/<pid>/stat`` of the engine and of
-the hypercorn process over the measured window.
+the hypercorn process over the measured window; the load generator's own CPU (this process) is reported too,
+since it takes its share of the same cores.
 
 restate-server checks for new releases at start-up, so the script re-executes itself inside a network namespace
 that has only loopback (``unshare -n``, needs root) after installing restate-server with npm; Capstan, the services
@@ -80,6 +83,9 @@ WORKLOADS = {
     "steps9": Workload(name="steps9", path="/Steps/nine", body=b'"x"'),
 }
 ENGINES = ("capstan", "restate", "restate-h2", "capstan-asgi")
+# Not in the default set: capstan-asgi with the attempts and the app in two invoker processes.
+EXTRA_ENGINES = ("capstan-asgi-procs",)
+ASGI_KINDS = ("capstan-asgi", "capstan-asgi-procs")
 RESTATE_KINDS = ("restate", "restate-h2")
 
 
@@ -150,7 +156,9 @@ class RunningEngine:
             self.pid = self._restate.pid
         else:
             # the product default (one partition per process); the test helper would otherwise start four
-            extra = ["--partitions", "1", *(["--app", APP_SPEC] if kind == "capstan-asgi" else [])]
+            extra = ["--partitions", "1", *(["--app", APP_SPEC] if kind in ASGI_KINDS else [])]
+            if kind == "capstan-asgi-procs":
+                extra += ["--invoker-processes", "2"]
             self._capstan = CapstanProcess(data_dir, extra_args=extra)
             self._capstan.start()
             if kind == "capstan":
@@ -266,9 +274,11 @@ def measure_cell(
     asyncio.run(drive(engine.ingress_url, workload, concurrency=concurrency, seconds=warmup, record=False))
     service_pid = engine.service.pid if engine.service is not None else None
     engine_cpu0, service_cpu0 = cpu_ticks(engine.pid), cpu_ticks(service_pid)
+    client_cpu0 = time.process_time()  # this process only: the load generator shares the cores with the engines
     latencies, errors, samples, elapsed = asyncio.run(
         drive(engine.ingress_url, workload, concurrency=concurrency, seconds=duration, record=True)
     )
+    client_cpu1 = time.process_time()
     engine_cpu1, service_cpu1 = cpu_ticks(engine.pid), cpu_ticks(service_pid)
     latencies.sort()
     ok = len(latencies)
@@ -292,6 +302,7 @@ def measure_cell(
         "p99_ms": ms(percentile(latencies, 0.99)),
         "engine_cpu_ms_per_req": cpu_per_req(engine_cpu0, engine_cpu1),
         "service_cpu_ms_per_req": cpu_per_req(service_cpu0, service_cpu1),
+        "client_cpu_ms_per_req": round((client_cpu1 - client_cpu0) * 1000 / ok, 3) if ok else None,
     }
 
 
@@ -312,12 +323,12 @@ def markdown(results: list[dict[str, Any]]) -> str:
     by_cell = {(r["workload"], r["concurrency"], r["engine"]): r for r in results}
     lines = [
         "| workload | c | engine | req/s | p50 ms | p90 ms | p99 ms | errors | engine CPU ms/req | service CPU ms/req "
-        "| req/s vs restate | p99 vs restate |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| client CPU ms/req | req/s vs restate | p99 vs restate |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         base = by_cell.get((r["workload"], r["concurrency"], "restate"))
-        if r["engine"] == "capstan-asgi":  # against restate's best mode
+        if r["engine"] in ASGI_KINDS:  # against restate's best mode
             bases = [by_cell.get((r["workload"], r["concurrency"], kind)) for kind in RESTATE_KINDS]
             measured = [b for b in bases if b is not None and b.get("throughput")]
             base = max(measured, key=lambda b: b["throughput"]) if measured else None
@@ -340,7 +351,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
             r["p99_ms"],
             r["errors"],
             r["engine_cpu_ms_per_req"],
-            r["service_cpu_ms_per_req"] if r["engine"] != "capstan-asgi" else "(in engine)",
+            r["service_cpu_ms_per_req"] if r["engine"] not in ASGI_KINDS else "(in engine)",
+            r.get("client_cpu_ms_per_req"),
             f"{thr_ratio:.2f}x" if thr_ratio is not None else "-",
             f"{p99_ratio:.2f}x" if p99_ratio is not None else "-",
         ]
@@ -359,7 +371,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--concurrency", default=None, help="comma separated worker counts (default: 1,8,32,128)")
     p.add_argument("--duration", type=float, default=None, help="measured seconds per cell (default: 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="discarded seconds of load before each measurement")
-    p.add_argument("--engines", default=",".join(ENGINES), help=f"comma separated, from {','.join(ENGINES)}")
+    p.add_argument(
+        "--engines", default=",".join(ENGINES), help=f"comma separated, from {','.join(ENGINES + EXTRA_ENGINES)}"
+    )
     p.add_argument(
         "--quick", action="store_true", help="smoke run: duration 2, concurrency 1,8, noop,steps3 (flags given win)"
     )
@@ -381,7 +395,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if w not in WORKLOADS:
             p.error(f"unknown workload {w!r}")
     for e in args.engines:
-        if e not in ENGINES:
+        if e not in ENGINES + EXTRA_ENGINES:
             p.error(f"unknown engine {e!r}")
     return args
 
