@@ -90,11 +90,14 @@ async def serve_child(
 
 def die_with_parent() -> None:
     """Ask the kernel for SIGKILL when the engine dies (Linux; elsewhere end of file on the socket does it), and
-    ignore SIGINT: a Ctrl-C reaches the whole process group, and the engine stops its children itself."""
+    ignore SIGINT and SIGTERM: a Ctrl-C, or a service manager's SIGTERM, reaches the whole process group, and the
+    engine stops its children itself, in order (an SDK app mounted in a child may still install its own SIGTERM
+    handler on the child's loop: it only asks running handlers to wind down)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def child_log_level() -> str:

@@ -58,7 +58,6 @@ class InvokerChild:
         self._seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._invoker: Invoker | None = None
-        self._transports: Transports | None = None
 
     async def serve(self) -> None:
         hello = (await read_frame(self._reader))[0]  # the first frame holds the hello alone
@@ -68,7 +67,7 @@ class InvokerChild:
             self._link.send(("failed", str(exc)))
             self._link.close()
             return
-        self._invoker, self._transports = invoker, transports
+        self._invoker = invoker
         self._link.send(("ready",))
         stats = asyncio.create_task(self._report_stats())
         try:

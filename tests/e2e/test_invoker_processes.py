@@ -178,3 +178,27 @@ def test_sigkill_of_an_invoker_process_stops_the_engine_and_the_restart_finishes
         assert all(status == 200 and isinstance(body, int) for status, body in answers), answers
     finally:
         engine.stop()
+
+
+def test_invoker_processes_ignore_sigterm_and_stop_with_the_engine(tmp_path: Path) -> None:
+    """A service manager's SIGTERM reaches every process of the group: the invoker processes ignore it (the engine
+    stops them in order), so the engine's own SIGTERM still ends in a clean stop, exit code 0."""
+    engine = CapstanProcess(tmp_path / "data", extra_args=["--app", APP, "--invoker-processes", "2"])
+    engine.start()
+    try:
+        assert engine.proc is not None
+        workers = [p for p in children_of(engine.proc.pid) if "engine.invoker.child" in cmdline(p)]
+        assert len(workers) == 2
+        for worker in workers:
+            os.kill(worker, signal.SIGTERM)
+
+        async def call() -> tuple[int, object]:
+            async with aiohttp.ClientSession() as http:
+                status, body, _ = await post(http, engine.ingress_url + "/Where/pid")
+                return status, body
+
+        assert asyncio.run(call()) in {(200, p) for p in workers}
+        assert engine.stop() == 0, engine.logs()
+        assert not any("engine.invoker.child" in cmdline(p) for p in workers)
+    finally:
+        engine.stop()
