@@ -100,8 +100,11 @@ class InvokerProcesses:
                 first = await read_frame(child.reader)
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
                 raise ConfigError(f"invoker process {child.index} exited at start-up ({type(exc).__name__})") from exc
-            if first[0][0] == "failed":
-                raise ConfigError(first[0][1])
+            for message in first:  # "ready" or "failed", maybe the first statistics with it
+                if message[0] == "failed":
+                    raise ConfigError(message[1])
+                if message[0] == "stats":
+                    child.stats = message[1:]
             child.reading = asyncio.create_task(self._read(child), name=f"invoker-process-{child.index}")
         logger.info("invoker: %d processes started (pids %s)", self._count, ", ".join(map(str, self.pids)))
 
