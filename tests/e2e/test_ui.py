@@ -168,8 +168,7 @@ async def test_ui_end_to_end(
             assert shown == [ids["queued"]]
 
             # -- one invocation: the journal timeline, entry by entry
-            await ui.page.click(f"a[href='#/invocations/{ids['queued']}']")
-            await ui.rendered()
+            await ui.after(f"a[href='#/invocations/{ids['queued']}']")  # marks the page loading, then clicks
             assert "Waiting in the inbox of Waiter/w" in await ui.text("#invocation-status")
             await ui.go(f"#/invocations/{ids['steps']}")
             entries = ui.page.locator("#journal li[data-index]")
