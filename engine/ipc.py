@@ -31,7 +31,9 @@ __all__ = [
     "write_frame",
 ]
 
-MAX_FRAME = 256 * 1024 * 1024  # a Kafka batch, an attempt's journal: bounded by the engine's own size limits
+# The reader's sanity bound (the length prefix allows 4 GiB): a Kafka batch, an attempt's inputs (its journal)
+# are bounded by the engine's own size limits; a BatchedLink splits a frame of many messages that would exceed it.
+MAX_FRAME = 1024 * 1024 * 1024
 _LEN = 4
 
 
@@ -125,7 +127,16 @@ class BatchedLink:
             self._before_flush()
         messages, self._outbox = self._outbox, []
         if messages and not self._writer.is_closing():
-            write_frame(self._writer, tuple(messages))
+            self._write(tuple(messages))
+
+    def _write(self, messages: tuple[tuple[Any, ...], ...]) -> None:
+        data = pickle.dumps(messages, protocol=5)
+        if len(data) > MAX_FRAME and len(messages) > 1:  # too big together: in two frames, in order
+            half = len(messages) // 2
+            self._write(messages[:half])
+            self._write(messages[half:])
+            return
+        self._writer.write(len(data).to_bytes(_LEN, "big") + data)
 
     def buffered_bytes(self) -> int:
         """What the socket has not taken yet (a slow peer)."""
