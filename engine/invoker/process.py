@@ -200,13 +200,14 @@ class InvokerProcesses:
             raise DeploymentError("the invoker processes are not running", status=503)
         child = self._children[0]
         self._requests += 1
+        request = self._requests  # this call's: others may run meanwhile
         fut: asyncio.Future[tuple[int, dict[str, str], bytes]] = asyncio.get_running_loop().create_future()
-        child.discoveries[self._requests] = fut
-        child.link.send(("discover", self._requests, spec))
+        child.discoveries[request] = fut
+        child.link.send(("discover", request, spec))
         try:
             status, headers, body = await fut
         finally:
-            child.discoveries.pop(self._requests, None)
+            child.discoveries.pop(request, None)
         return parse_discovery(status, headers, body, source=f"in-process app {spec}")
 
     async def aclose(self) -> None:

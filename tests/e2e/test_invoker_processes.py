@@ -14,12 +14,14 @@ import signal
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
 
-from engine.errors import ConfigError, OverloadedError
+from engine.errors import ConfigError, DeploymentError, OverloadedError
 from engine.invoker.child import _MAX_UNANSWERED, InvokerChild
+from engine.invoker.process import InvokerProcesses
 from engine.server import Engine
 from tests.conftest import EngineFactory, make_config
 from tests.e2e.procs import CapstanProcess
@@ -80,6 +82,9 @@ async def test_handlers_run_in_the_invoker_processes(
         assert stats.attempt_seconds.count >= 26
         status, metrics, _ = await get(http, engine.admin_url + "/metrics")
         assert status == 200 and "capstan_invoker_attempts_started" in metrics
+        # discovery goes to the first process
+        found = await asyncio.wait_for(engine.invoker_processes.discover(APP), 10)
+        assert {s.name for s in found.manifest.services} == {"Where", "Steps"}
 
 
 async def test_a_big_journal_is_read_on_a_thread_and_keeps_its_order(
@@ -139,6 +144,26 @@ async def test_a_process_proposes_at_most_max_unanswered_records() -> None:
     finally:
         writer.close()
         theirs.close()
+
+
+async def test_discoveries_at_the_same_time_each_keep_their_answer() -> None:
+    """Two discoveries in flight: the first one ending must not drop the second one's pending answer."""
+    sent: list[tuple[object, ...]] = []
+    child = SimpleNamespace(discoveries={}, link=SimpleNamespace(send=sent.append))
+    processes = InvokerProcesses(SimpleNamespace(), 1)  # type: ignore[arg-type]
+    processes._children = [child]  # type: ignore[list-item]
+    first = asyncio.create_task(processes.discover("a:app"))
+    second = asyncio.create_task(processes.discover("a:app"))
+    await asyncio.sleep(0)
+    assert [m[1] for m in sent] == [1, 2]
+    child.discoveries[1].set_result((500, {}, b"boom"))
+    with pytest.raises(DeploymentError):
+        await first
+    assert 2 in child.discoveries  # still waiting for its answer
+    child.discoveries[2].set_result((500, {}, b"boom"))
+    with pytest.raises(DeploymentError):
+        await second
+    assert child.discoveries == {}
 
 
 def test_sigkill_of_an_invoker_process_stops_the_engine_and_the_restart_finishes(tmp_path: Path) -> None:
