@@ -38,7 +38,10 @@ _LEN = 4
 
 
 def write_frame(writer: asyncio.StreamWriter, message: tuple[Any, ...]) -> None:
-    data = pickle.dumps(message, protocol=5)
+    _write_pickled(writer, pickle.dumps(message, protocol=5))
+
+
+def _write_pickled(writer: asyncio.StreamWriter, data: bytes) -> None:
     writer.write(len(data).to_bytes(_LEN, "big") + data)
 
 
@@ -136,14 +139,7 @@ class BatchedLink:
             self._write(messages[:half])
             self._write(messages[half:])
             return
-        self._writer.write(len(data).to_bytes(_LEN, "big") + data)
-
-    def buffered_bytes(self) -> int:
-        """What the socket has not taken yet (a slow peer)."""
-        return self._writer.transport.get_write_buffer_size()
-
-    def closing(self) -> bool:
-        return self._writer.is_closing()
+        _write_pickled(self._writer, data)
 
     def close(self) -> None:
         self._flush()

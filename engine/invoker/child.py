@@ -31,7 +31,7 @@ from engine import codec, logcontext
 from engine.config import EngineConfig
 from engine.errors import ConfigError, DeploymentError, LogError, OverloadedError
 from engine.invoker.identity import RequestSigner
-from engine.invoker.invoker import AttemptInput, Invoker
+from engine.invoker.invoker import AttemptInput, Invoker, InvokerStatistics
 from engine.invoker.transport_asgi import AsgiTransport, load_asgi_app
 from engine.invoker.transports import ASGI_SCHEME, Transports
 from engine.ipc import BatchedLink, die_with_parent, read_frame, serve_child
@@ -52,7 +52,7 @@ class InvokerChild:
         self._reader = reader
         # Statistics ride along with every frame they changed before (the engine's backpressure reads them).
         self._link = BatchedLink(writer, before_flush=self._report_if_changed)
-        self._reported: tuple[Any, ...] = ()
+        self._reported: InvokerStatistics | None = None
         self._registry = SchemaRegistry()
         self._answers: dict[int, asyncio.Future[int]] = {}
         self._seq = 0
@@ -162,11 +162,10 @@ class InvokerChild:
     def _report_if_changed(self) -> None:
         if self._invoker is None:
             return
-        s = self._invoker.statistics()
-        current = (s.running, s.waiting, s.attempts_started, s.attempts_failed, s.attempt_seconds)
+        current = self._invoker.statistics()
         if current != self._reported:
             self._reported = current
-            self._link.send(("stats", *current))
+            self._link.send(("stats", current))
 
     async def _report_stats(self) -> None:
         """For changes that send nothing else (an attempt that ended, one that got its concurrency slot)."""

@@ -159,7 +159,7 @@ async def read_attempt_input(
 ) -> AttemptInput | None:
     """:func:`load_attempt_input`: small inputs on the event loop, larger ones on a thread."""
     try:
-        return load_attempt_input(store, registry, config, inv, _INLINE_LOAD_BUDGET_BYTES)
+        return load_attempt_input(store, registry, config, inv, INLINE_LOAD_BUDGET_BYTES)
     except TooBigInline:
         return await asyncio.to_thread(load_attempt_input, store, registry, config, inv)
 
@@ -265,13 +265,11 @@ class Invoker:
             task.cancel()
 
     def notify(self, effect: Notify) -> None:
-        attempt = self._attempts.get(effect.invocation_id)
-        if attempt is not None and attempt.epoch == effect.epoch:
-            attempt.notifications.put_nowait(effect)
-            return
-        attempt = self._early.get(effect.invocation_id)
-        if attempt is not None and attempt.epoch == effect.epoch:
-            attempt.notifications.put_nowait(effect)
+        for attempts in (self._attempts, self._early):  # running, else started early and not running yet
+            attempt = attempts.get(effect.invocation_id)
+            if attempt is not None and attempt.epoch == effect.epoch:
+                attempt.notifications.put_nowait(effect)
+                return
 
     def overloaded(self) -> bool:
         """More attempts wait for a concurrency slot than ``invoker.queue_limit``: new work should be shed
@@ -307,8 +305,6 @@ class Invoker:
             if effect.delay_ms > 0:
                 await asyncio.sleep(effect.delay_ms / 1000)
             async with self._semaphore:
-                if self._early.get(inv) is attempt:
-                    del self._early[inv]
                 self._attempts[inv] = attempt
                 try:
                     await self._attempt(inv, attempt)
@@ -633,7 +629,7 @@ class Invoker:
 
 # An attempt's inputs are read on the event loop when they are this small (a status row, a short journal, a few
 # state entries: tens of microseconds from the memtable or block cache); larger ones are read on a thread.
-_INLINE_LOAD_BUDGET_BYTES = 16 * 1024
+INLINE_LOAD_BUDGET_BYTES = 16 * 1024
 
 
 # Storing the AttemptFailed that ends an attempt whose records were not stored: first retry, and the longest wait.

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any, Final
 from engine import codec
 from engine.errors import ConfigError, DeploymentError, LogError, OverloadedError
 from engine.invoker.discovery import DiscoveryResponse, parse_discovery
-from engine.invoker.invoker import AttemptInput, InvokerStatistics, TooBigInline, load_attempt_input
+from engine.invoker.invoker import (
+    INLINE_LOAD_BUDGET_BYTES,
+    AttemptInput,
+    InvokerStatistics,
+    TooBigInline,
+    load_attempt_input,
+)
 from engine.invoker.transport import AttemptRequest, AttemptStream
 from engine.ipc import BatchedLink, read_frame, spawn_child
 from engine.metrics import HistogramSnapshot
@@ -45,7 +51,13 @@ logger = logging.getLogger(__name__)
 
 _RETRY_S: Final = 0.005  # a full log: propose a process's next record again this much later
 _STOP_TIMEOUT_S: Final = 10.0
-_EMPTY_HISTOGRAM = HistogramSnapshot(bounds=(), counts=(0,), sum=0.0)
+_NO_STATISTICS = InvokerStatistics(
+    running=0,
+    waiting=0,
+    attempts_started=0,
+    attempts_failed=0,
+    attempt_seconds=HistogramSnapshot(bounds=(), counts=(0,), sum=0.0),
+)
 
 
 @dataclass(eq=False)
@@ -59,7 +71,7 @@ class _Child:
     retry: asyncio.TimerHandle | None = None
     # Invocations whose inputs are being read on a thread: their messages since, in order.
     held: dict[bytes, list[tuple[Any, ...]]] = field(default_factory=dict)
-    stats: tuple[int, int, int, int, HistogramSnapshot] = (0, 0, 0, 0, _EMPTY_HISTOGRAM)
+    stats: InvokerStatistics = _NO_STATISTICS  # as the process last reported them
     discoveries: dict[int, asyncio.Future[tuple[int, dict[str, str], bytes]]] = field(default_factory=dict)
     reading: asyncio.Task[None] | None = None
 
@@ -104,7 +116,7 @@ class InvokerProcesses:
                 if message[0] == "failed":
                     raise ConfigError(message[1])
                 if message[0] == "stats":
-                    child.stats = message[1:]
+                    child.stats = message[1]
             child.reading = asyncio.create_task(self._read(child), name=f"invoker-process-{child.index}")
         logger.info("invoker: %d processes started (pids %s)", self._count, ", ".join(map(str, self.pids)))
 
@@ -143,7 +155,7 @@ class InvokerProcesses:
         effect: StartAttempt = message[1]
         engine = self._engine
         try:
-            loaded = load_attempt_input(engine.store, engine.registry, engine.config, inv, _INLINE_BUDGET)
+            loaded = load_attempt_input(engine.store, engine.registry, engine.config, inv, INLINE_LOAD_BUDGET_BYTES)
         except TooBigInline:
             child.held[inv] = [message]
             task = asyncio.create_task(self._release(child, inv))
@@ -174,23 +186,24 @@ class InvokerProcesses:
             del child.held[inv]
 
     def overloaded(self) -> bool:
-        waiting = sum(c.stats[1] for c in self._children)
+        waiting = sum(c.stats.waiting for c in self._children)
         return waiting > self._engine.config.invoker.queue_limit
 
     def statistics(self) -> InvokerStatistics:
-        histograms = [c.stats[4] for c in self._children if c.stats[4].bounds]
+        stats = [c.stats for c in self._children]
+        histograms = [s.attempt_seconds for s in stats if s.attempt_seconds.bounds]
         if histograms:
             counts = [sum(column) for column in zip(*(h.counts for h in histograms), strict=True)]
             seconds = HistogramSnapshot(
                 bounds=histograms[0].bounds, counts=tuple(counts), sum=sum(h.sum for h in histograms)
             )
         else:
-            seconds = _EMPTY_HISTOGRAM
+            seconds = _NO_STATISTICS.attempt_seconds
         return InvokerStatistics(
-            running=sum(c.stats[0] for c in self._children),
-            waiting=sum(c.stats[1] for c in self._children),
-            attempts_started=sum(c.stats[2] for c in self._children),
-            attempts_failed=sum(c.stats[3] for c in self._children),
+            running=sum(s.running for s in stats),
+            waiting=sum(s.waiting for s in stats),
+            attempts_started=sum(s.attempts_started for s in stats),
+            attempts_failed=sum(s.attempts_failed for s in stats),
             attempt_seconds=seconds,
         )
 
@@ -248,7 +261,7 @@ class InvokerProcesses:
                         if child.retry is None:
                             self._drain(child)
                     elif kind == "stats":
-                        child.stats = message[1:]
+                        child.stats = message[1]
                     elif kind == "discovered":
                         _, request, answer, error = message
                         fut = child.discoveries.get(request)
@@ -311,9 +324,6 @@ def _answer(link: BatchedLink, seq: int, applied: asyncio.Future[int]) -> None:
 def _start_message(effect: StartAttempt, loaded: AttemptInput | None) -> tuple[Any, ...]:
     raw = None if loaded is None else (loaded.status, loaded.journal, loaded.state, loaded.partial_state)
     return ("start", effect.invocation_id, effect.epoch, effect.delay_ms, raw)
-
-
-_INLINE_BUDGET: Final = 16 * 1024  # as the in-process invoker (engine.invoker.invoker._INLINE_LOAD_BUDGET_BYTES)
 
 
 class RemoteAppDiscovery:

@@ -4,7 +4,6 @@ invoker process): one shared aiohttp session for HTTP deployments, the mounted A
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import aiohttp
 
@@ -17,8 +16,6 @@ from engine.invoker.transport_http import HttpTransport, open_http_session
 from engine.schema import Deployment
 
 __all__ = ["ASGI_SCHEME", "Transports"]
-
-logger = logging.getLogger(__name__)
 
 ASGI_SCHEME = "asgi://"
 
