@@ -52,7 +52,8 @@ class InvokerChild:
         self._reader = reader
         # Statistics ride along with every frame they changed before (the engine's backpressure reads them).
         self._link = BatchedLink(writer, before_flush=self._report_if_changed)
-        self._reported: InvokerStatistics | None = None
+        self._reported: tuple[InvokerStatistics, int] | None = None
+        self._starts_taken = 0  # start messages dispatched (the engine counts the ones not taken yet as waiting)
         self._registry = SchemaRegistry()
         self._answers: dict[int, asyncio.Future[int]] = {}
         self._seq = 0
@@ -107,6 +108,7 @@ class InvokerChild:
     def _dispatch(self, invoker: Invoker, transports: Transports, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "start":
+            self._starts_taken += 1
             _, inv, epoch, delay_ms, raw = message
             if raw is not None:  # None: the invocation was gone when the engine read its inputs
                 effect = StartAttempt(invocation_id=inv, epoch=epoch, delay_ms=delay_ms)
@@ -162,10 +164,10 @@ class InvokerChild:
     def _report_if_changed(self) -> None:
         if self._invoker is None:
             return
-        current = self._invoker.statistics()
+        current = (self._invoker.statistics(), self._starts_taken)
         if current != self._reported:
             self._reported = current
-            self._link.send(("stats", current))
+            self._link.send(("stats", *current))
 
     async def _report_stats(self) -> None:
         """For changes that send nothing else (an attempt that ended, one that got its concurrency slot)."""

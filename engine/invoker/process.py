@@ -72,6 +72,10 @@ class _Child:
     # Invocations whose inputs are being read on a thread: their messages since, in order.
     held: dict[bytes, list[tuple[Any, ...]]] = field(default_factory=dict)
     stats: InvokerStatistics = _NO_STATISTICS  # as the process last reported them
+    # Starts sent, and how many of them the process had taken when it reported ``stats``: the others wait too (an
+    # in-process invoker counts an attempt as waiting the moment it is started; backpressure must not lag).
+    starts_sent: int = 0
+    starts_taken: int = 0
     discoveries: dict[int, asyncio.Future[tuple[int, dict[str, str], bytes]]] = field(default_factory=dict)
     reading: asyncio.Task[None] | None = None
 
@@ -116,7 +120,7 @@ class InvokerProcesses:
                 if message[0] == "failed":
                     raise ConfigError(message[1])
                 if message[0] == "stats":
-                    child.stats = message[1]
+                    _, child.stats, child.starts_taken = message
             child.reading = asyncio.create_task(self._read(child), name=f"invoker-process-{child.index}")
         logger.info("invoker: %d processes started (pids %s)", self._count, ", ".join(map(str, self.pids)))
 
@@ -130,7 +134,9 @@ class InvokerProcesses:
     def start_attempt(self, effect: StartAttempt) -> None:
         if self._closing:
             return
-        self._send(self._child_of(effect.invocation_id), effect.invocation_id, ("start", effect))
+        child = self._child_of(effect.invocation_id)
+        child.starts_sent += 1  # every start reaches the process, with its inputs or with None
+        self._send(child, effect.invocation_id, ("start", effect))
 
     def notify(self, effect: Notify) -> None:
         inv = effect.invocation_id
@@ -177,17 +183,20 @@ class InvokerProcesses:
                             load_attempt_input, engine.store, engine.registry, engine.config, inv
                         )
                     except Exception:
-                        # As an attempt task that crashed in-process: logged, the invocation waits for a restart.
+                        # As an attempt task that crashed in-process: logged, the invocation waits for a restart
+                        # (the process is sent the start without inputs, and skips it).
                         logger.exception("invoker: reading the inputs of an attempt failed")
-                        continue
+                        loaded = None
                     message = _start_message(message[1], loaded)
                 child.link.send(message)
         finally:
             del child.held[inv]
 
     def overloaded(self) -> bool:
-        waiting = sum(c.stats.waiting for c in self._children)
-        return waiting > self._engine.config.invoker.queue_limit
+        return self._waiting() > self._engine.config.invoker.queue_limit
+
+    def _waiting(self) -> int:
+        return sum(c.stats.waiting + c.starts_sent - c.starts_taken for c in self._children)
 
     def statistics(self) -> InvokerStatistics:
         stats = [c.stats for c in self._children]
@@ -201,7 +210,7 @@ class InvokerProcesses:
             seconds = _NO_STATISTICS.attempt_seconds
         return InvokerStatistics(
             running=sum(s.running for s in stats),
-            waiting=sum(s.waiting for s in stats),
+            waiting=self._waiting(),
             attempts_started=sum(s.attempts_started for s in stats),
             attempts_failed=sum(s.attempts_failed for s in stats),
             attempt_seconds=seconds,
@@ -261,7 +270,7 @@ class InvokerProcesses:
                         if child.retry is None:
                             self._drain(child)
                     elif kind == "stats":
-                        child.stats = message[1]
+                        _, child.stats, child.starts_taken = message
                     elif kind == "discovered":
                         _, request, answer, error = message
                         fut = child.discoveries.get(request)
